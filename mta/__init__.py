@@ -1,0 +1,1 @@
+"""mta: Multi-Token Attention and other attention variants in JAX/Flax NNX."""

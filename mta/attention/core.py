@@ -1,0 +1,93 @@
+"""Building blocks shared by every attention variant: logits, masks, softmax, value weighting.
+
+Layouts (see MTA_SPEC.md): activations are [B, T, H, D]; keys/values [B, S, K, D] with K dividing H
+(query head h reads key/value head h // (H // K)); logits and weights are [B, H, T, S].
+Queries are the last T of the S key positions (S == T in training, S > T when decoding).
+"""
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+
+
+def check_heads(num_heads: int, num_kv_heads: int) -> int:
+    """Returns the number of query heads per key/value head; raises if K does not divide H."""
+    if num_kv_heads <= 0 or num_heads % num_kv_heads:
+        raise ValueError(
+            f"key/value heads ({num_kv_heads}) must divide query heads ({num_heads})"
+        )
+    return num_heads // num_kv_heads
+
+
+def attention_logits(q_BTHD: jax.Array, k_BSKD: jax.Array) -> jax.Array:
+    """Scaled dot products q . k / sqrt(D) in float32.
+
+    q: [B, T, H, D], k: [B, S, K, D] -> logits [B, H, T, S].
+    """
+    group = check_heads(q_BTHD.shape[2], k_BSKD.shape[2])
+    q_BTKGD = rearrange(q_BTHD, "b t (k g) d -> b t k g d", g=group)
+    logits_BKGTS = jnp.einsum(
+        "btkgd,bskd->bkgts", q_BTKGD, k_BSKD, preferred_element_type=jnp.float32
+    )
+    scale = q_BTHD.shape[-1] ** -0.5
+    return rearrange(logits_BKGTS, "b k g t s -> b (k g) t s") * scale
+
+
+def weight_values(weights_BHTS: jax.Array, v_BSKD: jax.Array) -> jax.Array:
+    """Weighted sum of values: weights [B, H, T, S], v [B, S, K, D] -> [B, T, H, D] (v's dtype)."""
+    group = check_heads(weights_BHTS.shape[1], v_BSKD.shape[2])
+    weights_BKGTS = rearrange(weights_BHTS, "b (k g) t s -> b k g t s", g=group)
+    out_BTKGD = jnp.einsum(
+        "bkgts,bskd->btkgd", weights_BKGTS.astype(v_BSKD.dtype), v_BSKD,
+        preferred_element_type=jnp.float32,
+    )
+    return rearrange(out_BTKGD, "b t k g d -> b t (k g) d").astype(v_BSKD.dtype)
+
+
+def causal_mask(
+    num_queries: int,
+    num_keys: int,
+    segment_ids: jax.Array | None = None,
+    key_segment_ids: jax.Array | None = None,
+) -> jax.Array:
+    """Which (query, key) pairs may interact: [B or 1, 1, T, S] booleans.
+
+    Query i sits at key position i + S - T. With segment_ids ([B, T] ints, one id per packed
+    document) a pair is allowed only inside one document; key_segment_ids ([B, S]) defaults to
+    segment_ids, which requires S == T.
+    """
+    offset = num_keys - num_queries
+    query_pos = jnp.arange(num_queries)[:, None] + offset
+    key_pos = jnp.arange(num_keys)[None, :]
+    mask_TS = key_pos <= query_pos
+    if segment_ids is None:
+        return mask_TS[None, None]
+    if key_segment_ids is None:
+        key_segment_ids = segment_ids
+    same_doc_BTS = segment_ids[:, :, None] == key_segment_ids[:, None, :]
+    return (mask_TS[None] & same_doc_BTS)[:, None]
+
+
+def masked_softmax(logits_BHTS: jax.Array, mask: jax.Array) -> jax.Array:
+    """Softmax over keys in float32 with disallowed pairs at exactly 0.
+
+    A row with no allowed key (never the case under a causal mask) gives all zeros, not NaN.
+    """
+    logits = jnp.where(mask, logits_BHTS.astype(jnp.float32), -jnp.inf)
+    row_max = jnp.max(logits, axis=-1, keepdims=True)
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    exp = jnp.where(mask, jnp.exp(logits - jax.lax.stop_gradient(row_max)), 0.0)
+    denom = jnp.sum(exp, axis=-1, keepdims=True)
+    return exp / jnp.where(denom > 0, denom, 1.0)
+
+
+def causal_attention(
+    q_BTHD: jax.Array,
+    k_BSKD: jax.Array,
+    v_BSKD: jax.Array,
+    segment_ids: jax.Array | None = None,
+) -> jax.Array:
+    """Plain causal (optionally document-masked) attention: -> [B, T, H, D]."""
+    logits = attention_logits(q_BTHD, k_BSKD)
+    mask = causal_mask(q_BTHD.shape[1], k_BSKD.shape[1], segment_ids)
+    return weight_values(masked_softmax(logits, mask), v_BSKD)
