@@ -1,0 +1,208 @@
+"""Decoder-only transformer in the style of the MTA paper's models (Flax NNX).
+
+Pre-norm blocks with RMSNorm, RoPE, SwiGLU, no biases, optionally tied embeddings. The attention
+block projects to heads and calls the pure functions of `mta.attention`; it owns the MTA kernels
+(key-query convolutions, head mixing) and the group norm on the head outputs.
+
+Every parameter carries `logical_axes` metadata (one name or None per dimension); the training
+code maps those names to mesh axes with the rules of the config.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mta.attention import multi_token_attention
+from mta.config import ModelConfig, kq_layer_indices
+
+MTA_PARAM_NAMES = ("kq_pre", "kq_post", "head_pre", "head_post", "out_norm", "gate_w", "gate_b")
+
+
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float) -> jax.Array:
+    return std * jax.random.normal(rngs.params(), shape, jnp.float32)
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm over the last axis in float32: [..., D] -> [..., D] in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (normed * weight).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float):
+        self.weight = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=("norm",))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return rms_norm(x, self.weight[...], self.eps)
+
+
+def apply_rope(x_BTHD: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
+    """Rotary position embedding (Llama's rotate-half layout) on [B, T, H, D], D even."""
+    half = x_BTHD.shape[-1] // 2
+    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angles_BTF = positions_BT[..., None].astype(jnp.float32) * inv_freq
+    cos, sin = jnp.cos(angles_BTF)[:, :, None], jnp.sin(angles_BTF)[:, :, None]
+    x1, x2 = jnp.split(x_BTHD.astype(jnp.float32), 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return rotated.astype(x_BTHD.dtype)
+
+
+def kq_kernel_init(shape: tuple[int, ...], kind: str, value: float, rngs: nnx.Rngs) -> jax.Array:
+    """Key-query kernel [H, c_q, c_k]: identity (current query, centre key = 1), constant, zero,
+    or uniform in [-value, value]."""
+    if kind == "identity":
+        _, c_q, c_k = shape
+        return jnp.zeros(shape, jnp.float32).at[:, c_q - 1, (c_k - 1) // 2].set(1.0)
+    if kind == "constant":
+        return jnp.full(shape, value, jnp.float32)
+    if kind == "zero":
+        return jnp.zeros(shape, jnp.float32)
+    return jax.random.uniform(rngs.params(), shape, jnp.float32, -value, value)
+
+
+def grouped_identity(num_heads: int, group: int) -> jax.Array:
+    """Identity head mixing in the grouped layout [H / c_h, c_h (in), c_h (out)]."""
+    return jnp.tile(jnp.eye(group, dtype=jnp.float32), (num_heads // group, 1, 1))
+
+
+class Attention(nnx.Module):
+    """Projections, RoPE, (multi-token) attention, group norm on the heads, output projection."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, rngs: nnx.Rngs):
+        a = cfg.attention
+        self.num_heads = cfg.num_heads
+        self.num_kv_heads = cfg.num_kv_heads or cfg.num_heads
+        self.head_dim = cfg.head_dim or cfg.dim // cfg.num_heads
+        self.rope_theta, self.eps, self.impl = cfg.rope_theta, cfg.norm_eps, a.impl
+        self.group_norm = a.group_norm
+        self.depth_scale = 1.0 - (0.8 - 0.6 * math.exp(-0.3 * layer))
+        self.dtype = jnp.dtype(cfg.compute_dtype)
+        H, K, D, std = self.num_heads, self.num_kv_heads, self.head_dim, cfg.init_std
+        out_std = std / math.sqrt(2 * cfg.num_layers) if cfg.scale_output_init else std
+        self.wq = nnx.Param(_normal(rngs, (cfg.dim, H, D), std), logical_axes=("embed", "heads", None))
+        self.wk = nnx.Param(_normal(rngs, (cfg.dim, K, D), std), logical_axes=("embed", "kv_heads", None))
+        self.wv = nnx.Param(_normal(rngs, (cfg.dim, K, D), std), logical_axes=("embed", "kv_heads", None))
+        self.wo = nnx.Param(_normal(rngs, (H, D, cfg.dim), out_std), logical_axes=("heads", None, "embed"))
+
+        has_kq = layer in kq_layer_indices(a.kq_layers, cfg.num_layers)
+        group = a.head_group_size or H
+        if has_kq and a.kq_pre.enabled and a.head_pre != "conv3d":
+            shape = (H, a.kq_pre.c_q, a.kq_pre.c_k)
+            self.kq_pre = nnx.Param(
+                kq_kernel_init(shape, a.kernel_init, a.kernel_init_value, rngs),
+                logical_axes=("heads", None, None),
+            )
+        if has_kq and a.kq_post.enabled:
+            shape = (H, a.kq_post.c_q, a.kq_post.c_k)
+            self.kq_post = nnx.Param(
+                kq_kernel_init(shape, a.kernel_init, a.kernel_init_value, rngs),
+                logical_axes=("heads", None, None),
+            )
+        if a.head_pre == "linear":
+            self.head_pre = nnx.Param(jnp.eye(H, dtype=jnp.float32), logical_axes=(None, None))
+        elif a.head_pre == "grouped" or (a.head_pre == "conv3d" and not has_kq):
+            self.head_pre = nnx.Param(grouped_identity(H, group), logical_axes=("heads", None, None))
+        elif a.head_pre == "conv3d":
+            c_q, c_k = a.kq_pre.c_q, a.kq_pre.c_k
+            kernel = jnp.zeros((H // group, group, group, c_q, c_k), jnp.float32)
+            kernel = kernel.at[:, :, :, c_q - 1, (c_k - 1) // 2].set(grouped_identity(H, group))
+            self.head_pre = nnx.Param(kernel, logical_axes=("heads", None, None, None, None))
+        if a.head_post == "grouped":
+            self.head_post = nnx.Param(grouped_identity(H, group), logical_axes=("heads", None, None))
+        if a.group_norm != "none":
+            self.out_norm = nnx.Param(jnp.ones((D,), jnp.float32), logical_axes=("norm",))
+        if a.group_norm == "gating":
+            self.gate_w = nnx.Param(_normal(rngs, (D,), std), logical_axes=("norm",))
+            self.gate_b = nnx.Param(jnp.zeros((), jnp.float32), logical_axes=())
+
+    def _kernel(self, name: str) -> jax.Array | None:
+        param = getattr(self, name, None)  # absent when this layer does not use it
+        return None if param is None else param[...]
+
+    def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
+        x = x_BTE.astype(self.dtype)
+        q_BTHD = jnp.einsum("bte,ehd->bthd", x, self.wq[...].astype(self.dtype))
+        k_BTKD = jnp.einsum("bte,ekd->btkd", x, self.wk[...].astype(self.dtype))
+        v_BTKD = jnp.einsum("bte,ekd->btkd", x, self.wv[...].astype(self.dtype))
+        q_BTHD = apply_rope(q_BTHD, positions_BT, self.rope_theta)
+        k_BTKD = apply_rope(k_BTKD, positions_BT, self.rope_theta)
+        out_BTHD = multi_token_attention(
+            q_BTHD, k_BTKD, v_BTKD,
+            kq_pre=self._kernel("kq_pre"), head_pre=self._kernel("head_pre"),
+            kq_post=self._kernel("kq_post"), head_post=self._kernel("head_post"),
+            segment_ids=segment_ids_BT, impl=self.impl,
+        )
+        out_BTHD = self._group_norm(out_BTHD)
+        return jnp.einsum("bthd,hde->bte", out_BTHD, self.wo[...].astype(self.dtype))
+
+    def _group_norm(self, out_BTHD: jax.Array) -> jax.Array:
+        """Per-head RMSNorm over D, then scalar sigmoid gating or depth scaling (MTA_SPEC 3)."""
+        if self.group_norm == "none":
+            return out_BTHD
+        normed = rms_norm(out_BTHD.astype(jnp.float32), self.out_norm[...], self.eps)
+        if self.group_norm == "gating":
+            gate_BTH1 = jax.nn.sigmoid(normed @ self.gate_w[...] + self.gate_b[...])[..., None]
+            return (normed * gate_BTH1).astype(out_BTHD.dtype)
+        return (normed * self.depth_scale).astype(out_BTHD.dtype)
+
+
+class MLP(nnx.Module):
+    """SwiGLU: down(silu(x @ gate) * (x @ up))."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        std = cfg.init_std
+        out_std = std / math.sqrt(2 * cfg.num_layers) if cfg.scale_output_init else std
+        self.gate = nnx.Param(_normal(rngs, (cfg.dim, cfg.mlp_hidden), std), logical_axes=("embed", "mlp"))
+        self.up = nnx.Param(_normal(rngs, (cfg.dim, cfg.mlp_hidden), std), logical_axes=("embed", "mlp"))
+        self.down = nnx.Param(_normal(rngs, (cfg.mlp_hidden, cfg.dim), out_std), logical_axes=("mlp", "embed"))
+        self.dtype = jnp.dtype(cfg.compute_dtype)
+
+    def __call__(self, x_BTE: jax.Array) -> jax.Array:
+        x = x_BTE.astype(self.dtype)
+        hidden = jax.nn.silu(x @ self.gate[...].astype(self.dtype)) * (x @ self.up[...].astype(self.dtype))
+        return hidden @ self.down[...].astype(self.dtype)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, layer: int, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.attn = Attention(cfg, layer, rngs)
+        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
+        x_BTE = x_BTE + self.attn(self.attn_norm(x_BTE), positions_BT, segment_ids_BT)
+        return x_BTE + self.mlp(self.mlp_norm(x_BTE))
+
+
+class Transformer(nnx.Module):
+    """tokens [B, T] int -> logits [B, T, V] float32."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.embed = nnx.Param(_normal(rngs, (cfg.vocab_size, cfg.dim), cfg.init_std), logical_axes=("vocab", "embed"))
+        self.blocks = nnx.List([Block(cfg, i, rngs) for i in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.dim, cfg.norm_eps)
+        if not cfg.tie_embeddings:
+            self.unembed = nnx.Param(_normal(rngs, (cfg.dim, cfg.vocab_size), cfg.init_std), logical_axes=("embed", "vocab"))
+
+    def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None) -> jax.Array:
+        if positions_BT is None:
+            positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
+        dtype = jnp.dtype(self.cfg.compute_dtype)
+        x_BTE = self.embed[...].astype(dtype)[tokens_BT]
+        for block in self.blocks:
+            x_BTE = block(x_BTE, positions_BT, segment_ids_BT)
+        x_BTE = self.final_norm(x_BTE)
+        unembed_EV = self.unembed[...] if hasattr(self, "unembed") else self.embed[...].T
+        return jnp.einsum("bte,ev->btv", x_BTE, unembed_EV.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter pytree."""
+    return int(sum(np.prod(np.shape(x)) for x in jax.tree.leaves(params)))

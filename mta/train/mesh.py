@@ -1,0 +1,62 @@
+"""The device mesh and the mapping from parameters' logical axis names to mesh shardings."""
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mta.config import ConfigError, MeshConfig
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
+
+
+def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, int, int]:
+    """Sizes of (data, fsdp, tensor) with a -1 filled in; raises ConfigError if they don't fit."""
+    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    known = int(np.prod([s for s in sizes if s != -1]))
+    if -1 in sizes:
+        if num_devices % known:
+            raise ConfigError(
+                f"mesh: fixed axes multiply to {known}, which does not divide the "
+                f"{num_devices} devices"
+            )
+        sizes[sizes.index(-1)] = num_devices // known
+    if int(np.prod(sizes)) != num_devices:
+        raise ConfigError(
+            f"mesh: data x fsdp x tensor = {'x'.join(map(str, sizes))} = {int(np.prod(sizes))} "
+            f"but there are {num_devices} devices"
+        )
+    return tuple(sizes)
+
+
+def make_mesh(cfg: MeshConfig) -> Mesh:
+    """A mesh over all devices (all hosts) with axes data, fsdp, tensor."""
+    # Auto axes: jit propagates shardings from the annotated inputs and outputs (GSPMD).
+    auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+    return jax.make_mesh(mesh_shape(cfg, jax.device_count()), MESH_AXES, axis_types=auto)
+
+
+def logical_to_spec(axes: tuple, rules: dict) -> PartitionSpec:
+    """Maps a tuple of logical axis names (or None) to a PartitionSpec through `rules`."""
+    return PartitionSpec(*(rules.get(name) if name else None for name in axes))
+
+
+def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules: dict) -> dict:
+    """NamedShardings for a model state (with `logical_axes` metadata), as a pure dict."""
+
+    def sharding(variable):
+        axes = getattr(variable, "logical_axes", None) or (None,) * variable.value.ndim
+        return NamedSharding(mesh, logical_to_spec(axes, rules))
+
+    specs = jax.tree.map(sharding, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return nnx.State(specs).to_pure_dict()
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of [B, T] batch arrays: B split over data x fsdp."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,75 @@
+"""Creating the train state {params, opt_state, step} sharded on a mesh, abstractly or for real."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from mta.config import Config
+from mta.model import Transformer
+from mta.train.mesh import param_shardings
+from mta.train.optimizer import make_optimizer, make_schedule
+
+
+def abstract_model(cfg: Config) -> tuple[nnx.GraphDef, nnx.State]:
+    """The model's graphdef and abstract state (shapes and metadata, no memory)."""
+    model = nnx.eval_shape(lambda: Transformer(cfg.model, nnx.Rngs(cfg.train.seed)))
+    return nnx.split(model)
+
+
+def _like_params(opt_state_abstract, params_shardings: dict, mesh: Mesh):
+    """Shardings for optimizer state: a leaf whose path ends with a parameter's path and has its
+    shape gets that parameter's sharding (Adam's moments); anything else is replicated."""
+    by_path = {
+        tuple(str(k) for k in path): s
+        for path, s in jax.tree_util.tree_leaves_with_path(params_shardings)
+    }
+
+    def sharding(path, leaf):
+        keys = tuple(str(k) for k in path)
+        for start in range(len(keys)):
+            if keys[start:] in by_path and leaf.ndim == len(by_path[keys[start:]].spec):
+                return by_path[keys[start:]]
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree_util.tree_map_with_path(sharding, opt_state_abstract)
+
+
+class TrainSetup:
+    """Everything fixed for a run: graphdef, optimizer, schedule, state shardings."""
+
+    def __init__(self, cfg: Config, mesh: Mesh):
+        self.cfg, self.mesh = cfg, mesh
+        self.graphdef, abstract = abstract_model(cfg)
+        abstract_params = abstract.to_pure_dict()
+        self.schedule = make_schedule(cfg.train)
+        self.optimizer = make_optimizer(
+            cfg.train, abstract_params, cfg.model.attention.decay_mta_params
+        )
+        params_sh = param_shardings(abstract, mesh, cfg.mesh.rules)
+        opt_abstract = jax.eval_shape(self.optimizer.init, abstract_params)
+        self.shardings = {
+            "params": params_sh,
+            "opt_state": _like_params(opt_abstract, params_sh, mesh),
+            "step": NamedSharding(mesh, PartitionSpec()),
+        }
+
+    def _fresh_state(self) -> dict:
+        model = Transformer(self.cfg.model, nnx.Rngs(self.cfg.train.seed))
+        params = nnx.state(model).to_pure_dict()
+        return {
+            "params": params,
+            "opt_state": self.optimizer.init(params),
+            "step": jnp.zeros((), jnp.int32),
+        }
+
+    def init_state(self) -> dict:
+        """A freshly initialised state, created directly on its shardings."""
+        return jax.jit(self._fresh_state, out_shardings=self.shardings)()
+
+    def abstract_state(self) -> dict:
+        """ShapeDtypeStructs of the state with their shardings (restore target, dry run)."""
+        return jax.tree.map(
+            lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+            jax.eval_shape(self._fresh_state), self.shardings,
+        )

@@ -1,0 +1,55 @@
+"""Pure train and eval steps: (graphdef, state, batch) in, new state and metrics out.
+
+A batch is a dict of [B, T] arrays: `inputs` and `targets` (int32 tokens) and `weights`
+(float32, 1 where the loss counts: the answer tokens of a task, every real token of text).
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+def forward(graphdef: nnx.GraphDef, params: dict, batch: dict) -> jax.Array:
+    """Logits [B, T, V] float32 of the model `graphdef` with `params` on `batch['inputs']`."""
+    model = nnx.merge(graphdef, params)
+    return model(batch["inputs"], batch.get("positions"), batch.get("segment_ids"))
+
+
+def loss_and_metrics(graphdef, params, batch):
+    """Weighted mean cross-entropy over the target tokens, and token accuracy."""
+    logits_BTV = forward(graphdef, params, batch)
+    weights = batch["weights"].astype(jnp.float32)
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
+    total = jnp.maximum(weights.sum(), 1.0)
+    loss = (token_loss * weights).sum() / total
+    correct = (logits_BTV.argmax(-1) == batch["targets"]) * weights
+    return loss, {"loss": loss, "token_accuracy": correct.sum() / total}
+
+
+def train_step(graphdef, optimizer, schedule, state: dict, batch: dict):
+    """One optimizer update. state = {params, opt_state, step} -> (new state, metrics)."""
+    grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
+    (_, metrics), grads = grad_fn(graphdef, state["params"], batch)
+    updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["lr"] = schedule(state["step"])
+    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    return new_state, metrics
+
+
+def eval_step(graphdef, params: dict, batch: dict) -> dict:
+    """Sums over a batch: loss, weight, and examples whose every weighted token is predicted
+    right by argmax (teacher-forced, which equals greedy decoding's exact match)."""
+    logits_BTV = forward(graphdef, params, batch)
+    weights = batch["weights"].astype(jnp.float32)
+    token_loss = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
+    wrong_BT = (logits_BTV.argmax(-1) != batch["targets"]) & (weights > 0)
+    has_target_B = (weights > 0).any(-1)
+    return {
+        "loss_sum": (token_loss * weights).sum(),
+        "weight_sum": weights.sum(),
+        "exact": (has_target_B & ~wrong_BT.any(-1)).sum(),
+        "examples": has_target_B.sum(),
+    }

@@ -1,0 +1,66 @@
+"""The `--dry-run` summary: exact parameter count, attention per layer, mesh, memory estimate."""
+
+import jax
+import numpy as np
+
+from mta.config import Config, kq_layer_indices
+from mta.model import count_params
+from mta.train.mesh import mesh_shape
+
+
+def layer_kinds(cfg: Config) -> list[str]:
+    """A short description of the attention in each layer, e.g. 'mta(kq_pre 6x11, head_pre linear)'."""
+    a = cfg.model.attention
+    if a.kind == "diff":
+        return ["diff"] * cfg.model.num_layers
+    kq_layers = set(kq_layer_indices(a.kq_layers, cfg.model.num_layers))
+    kinds = []
+    for layer in range(cfg.model.num_layers):
+        parts = []
+        for name in ("kq_pre", "kq_post"):
+            conv = getattr(a, name)
+            if conv.enabled and layer in kq_layers:
+                parts.append(f"{name} {conv.c_q}x{conv.c_k}")
+        if a.head_pre != "none":
+            parts.append(f"head_pre {a.head_pre}")
+        if a.head_post != "none":
+            parts.append(f"head_post {a.head_post}")
+        if a.group_norm != "none":
+            parts.append(f"group_norm {a.group_norm}")
+        kinds.append(f"mta({', '.join(parts)})" if parts else "softmax")
+    return kinds
+
+
+def memory_estimate_bytes(cfg: Config, abstract_state: dict, seq_len: int, num_devices: int) -> dict:
+    """Rough bytes per device: state (params, Adam moments) split over fsdp x tensor, gradients
+    like params, and activations (residual stream and float32 attention maps per layer, kept for
+    the backward pass) split over the batch axes."""
+    data, fsdp, tensor = mesh_shape(cfg.mesh, num_devices)
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
+    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state["params"]))
+    m, batch = cfg.model, cfg.train.batch_size / (data * fsdp)
+    maps_per_layer = 2 + 2 * (m.attention.kq_pre.enabled + m.attention.kq_post.enabled)
+    act_per_layer = batch * seq_len * (8 * m.dim + 3 * m.mlp_hidden) * 4
+    act_per_layer += batch * m.num_heads / tensor * seq_len * seq_len * 4 * maps_per_layer
+    activations = m.num_layers * act_per_layer + batch * seq_len * m.vocab_size * 4 * 2
+    sharded = (state_bytes + param_bytes) / (fsdp * tensor)
+    return {
+        "state_and_grads": int(sharded),
+        "activations": int(activations),
+        "total": int(sharded + activations),
+    }
+
+
+def summary(cfg: Config, abstract_state: dict, seq_len: int) -> dict:
+    """The JSON-ready summary printed by `scripts/train.py --dry-run`."""
+    devices = jax.device_count()
+    memory = memory_estimate_bytes(cfg, abstract_state, seq_len, devices)
+    return {
+        "params": count_params(abstract_state["params"]),
+        "layers": layer_kinds(cfg),
+        "mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape(cfg.mesh, devices))),
+        "devices": devices,
+        "seq_len": seq_len,
+        "memory_per_device_bytes": memory,
+        "memory_per_device_gb": round(float(np.float64(memory["total"]) / 2**30), 3),
+    }

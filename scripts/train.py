@@ -1,0 +1,74 @@
+"""Train a model from a YAML config into a workdir (resuming if it has checkpoints).
+
+    python scripts/train.py --config configs/toy/block_mta.yaml --workdir runs/x train.steps=200
+    python scripts/train.py --config configs/lm/880M_mta.yaml --dry-run
+
+Exit codes: 0 success, 2 user error (one line on stderr naming what is wrong).
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mta.config import ConfigError, load_config  # noqa: E402
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--workdir", help="run directory (required unless --dry-run)")
+    parser.add_argument(
+        "--dry-run", action="store_true",
+        help="validate, build the model abstractly and print a JSON summary",
+    )
+    parser.add_argument("overrides", nargs="*", help="dotted overrides like train.steps=200")
+    args = parser.parse_args(argv)
+    if not args.dry_run and not args.workdir:
+        parser.error("--workdir is required (or use --dry-run)")
+    return args
+
+
+def load(args):
+    """The validated config, including checks that need the task's own rules."""
+    from mta.data import pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    try:
+        pipeline.sequence_length(cfg.data)
+    except ValueError as err:
+        raise ConfigError(f"data.{cfg.data.task}: {err}") from None
+    return cfg
+
+
+def dry_run(cfg) -> dict:
+    from mta.data import pipeline
+    from mta.train.mesh import make_mesh
+    from mta.train.state import TrainSetup
+    from mta.train.summary import summary
+
+    setup = TrainSetup(cfg, make_mesh(cfg.mesh))
+    return summary(cfg, setup.abstract_state(), pipeline.sequence_length(cfg.data))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load(args)
+        if args.dry_run:
+            print(json.dumps(dry_run(cfg), indent=1))
+            return 0
+        from mta.train.loop import train
+
+        result = train(cfg, args.workdir)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
