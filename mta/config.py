@@ -116,8 +116,12 @@ class MeshConfig:
     # Logical parameter axis -> mesh axis (or null: replicated along that dimension).
     rules: dict[str, Any] = field(
         default_factory=lambda: {
-            "embed": "fsdp", "vocab": "tensor", "heads": "tensor", "kv_heads": "tensor",
-            "mlp": "tensor", "norm": None,
+            "embed": "fsdp",
+            "vocab": "tensor",
+            "heads": "tensor",
+            "kv_heads": "tensor",
+            "mlp": "tensor",
+            "norm": None,
         }
     )
 
@@ -171,17 +175,45 @@ CHOICES = {
 }
 
 POSITIVE = (
-    "model.vocab_size", "model.dim", "model.num_layers", "model.num_heads", "model.mlp_hidden",
-    "model.rope_theta", "model.norm_eps", "model.attention.kq_pre.c_q",
-    "model.attention.kq_pre.c_k", "model.attention.kq_post.c_q", "model.attention.kq_post.c_k",
-    "data.block.n", "data.block.l", "data.block.length", "data.block.num_train",
-    "data.block.num_validation", "data.block.num_test", "train.steps", "train.batch_size",
-    "checkpoint.every", "checkpoint.keep", "log.every", "eval.num_examples", "eval.batch_size",
+    "model.vocab_size",
+    "model.dim",
+    "model.num_layers",
+    "model.num_heads",
+    "model.mlp_hidden",
+    "model.rope_theta",
+    "model.norm_eps",
+    "model.attention.kq_pre.c_q",
+    "model.attention.kq_pre.c_k",
+    "model.attention.kq_post.c_q",
+    "model.attention.kq_post.c_k",
+    "data.block.n",
+    "data.block.l",
+    "data.block.length",
+    "data.block.num_train",
+    "data.block.num_validation",
+    "data.block.num_test",
+    "train.steps",
+    "train.batch_size",
+    "checkpoint.every",
+    "checkpoint.keep",
+    "log.every",
+    "eval.num_examples",
+    "eval.batch_size",
 )
 NON_NEGATIVE = (
-    "model.num_kv_heads", "model.head_dim", "model.init_std", "model.attention.head_group_size",
-    "data.block.num_blocks", "data.block.seed", "train.seed", "train.lr", "train.warmup_steps",
-    "train.weight_decay", "train.clip_norm", "train.min_lr_ratio", "eval.every",
+    "model.num_kv_heads",
+    "model.head_dim",
+    "model.init_std",
+    "model.attention.head_group_size",
+    "data.block.num_blocks",
+    "data.block.seed",
+    "train.seed",
+    "train.lr",
+    "train.warmup_steps",
+    "train.weight_decay",
+    "train.clip_norm",
+    "train.min_lr_ratio",
+    "eval.every",
 )
 
 
@@ -217,7 +249,7 @@ def _field_names(dotted_parent: str) -> list[str]:
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
-    """Reads a YAML file (or the defaults if None), applies `key.path=value` overrides, validates."""
+    """Reads a YAML file (defaults if None), applies `key.path=value` overrides, validates."""
     base = OmegaConf.structured(Config)
     layers = []
     if path is not None:

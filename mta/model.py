@@ -84,10 +84,18 @@ class Attention(nnx.Module):
         self.dtype = jnp.dtype(cfg.compute_dtype)
         H, K, D, std = self.num_heads, self.num_kv_heads, self.head_dim, cfg.init_std
         out_std = std / math.sqrt(2 * cfg.num_layers) if cfg.scale_output_init else std
-        self.wq = nnx.Param(_normal(rngs, (cfg.dim, H, D), std), logical_axes=("embed", "heads", None))
-        self.wk = nnx.Param(_normal(rngs, (cfg.dim, K, D), std), logical_axes=("embed", "kv_heads", None))
-        self.wv = nnx.Param(_normal(rngs, (cfg.dim, K, D), std), logical_axes=("embed", "kv_heads", None))
-        self.wo = nnx.Param(_normal(rngs, (H, D, cfg.dim), out_std), logical_axes=("heads", None, "embed"))
+        self.wq = nnx.Param(
+            _normal(rngs, (cfg.dim, H, D), std), logical_axes=("embed", "heads", None)
+        )
+        self.wk = nnx.Param(
+            _normal(rngs, (cfg.dim, K, D), std), logical_axes=("embed", "kv_heads", None)
+        )
+        self.wv = nnx.Param(
+            _normal(rngs, (cfg.dim, K, D), std), logical_axes=("embed", "kv_heads", None)
+        )
+        self.wo = nnx.Param(
+            _normal(rngs, (H, D, cfg.dim), out_std), logical_axes=("heads", None, "embed")
+        )
 
         has_kq = layer in kq_layer_indices(a.kq_layers, cfg.num_layers)
         group = a.head_group_size or H
@@ -106,14 +114,18 @@ class Attention(nnx.Module):
         if a.head_pre == "linear":
             self.head_pre = nnx.Param(jnp.eye(H, dtype=jnp.float32), logical_axes=(None, None))
         elif a.head_pre == "grouped" or (a.head_pre == "conv3d" and not has_kq):
-            self.head_pre = nnx.Param(grouped_identity(H, group), logical_axes=("heads", None, None))
+            self.head_pre = nnx.Param(
+                grouped_identity(H, group), logical_axes=("heads", None, None)
+            )
         elif a.head_pre == "conv3d":
             c_q, c_k = a.kq_pre.c_q, a.kq_pre.c_k
             kernel = jnp.zeros((H // group, group, group, c_q, c_k), jnp.float32)
             kernel = kernel.at[:, :, :, c_q - 1, (c_k - 1) // 2].set(grouped_identity(H, group))
             self.head_pre = nnx.Param(kernel, logical_axes=("heads", None, None, None, None))
         if a.head_post == "grouped":
-            self.head_post = nnx.Param(grouped_identity(H, group), logical_axes=("heads", None, None))
+            self.head_post = nnx.Param(
+                grouped_identity(H, group), logical_axes=("heads", None, None)
+            )
         if a.group_norm != "none":
             self.out_norm = nnx.Param(jnp.ones((D,), jnp.float32), logical_axes=("norm",))
         if a.group_norm == "gating":
@@ -132,10 +144,15 @@ class Attention(nnx.Module):
         q_BTHD = apply_rope(q_BTHD, positions_BT, self.rope_theta)
         k_BTKD = apply_rope(k_BTKD, positions_BT, self.rope_theta)
         out_BTHD = multi_token_attention(
-            q_BTHD, k_BTKD, v_BTKD,
-            kq_pre=self._kernel("kq_pre"), head_pre=self._kernel("head_pre"),
-            kq_post=self._kernel("kq_post"), head_post=self._kernel("head_post"),
-            segment_ids=segment_ids_BT, impl=self.impl,
+            q_BTHD,
+            k_BTKD,
+            v_BTKD,
+            kq_pre=self._kernel("kq_pre"),
+            head_pre=self._kernel("head_pre"),
+            kq_post=self._kernel("kq_post"),
+            head_post=self._kernel("head_post"),
+            segment_ids=segment_ids_BT,
+            impl=self.impl,
         )
         out_BTHD = self._group_norm(out_BTHD)
         return jnp.einsum("bthd,hde->bte", out_BTHD, self.wo[...].astype(self.dtype))
@@ -157,14 +174,22 @@ class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         std = cfg.init_std
         out_std = std / math.sqrt(2 * cfg.num_layers) if cfg.scale_output_init else std
-        self.gate = nnx.Param(_normal(rngs, (cfg.dim, cfg.mlp_hidden), std), logical_axes=("embed", "mlp"))
-        self.up = nnx.Param(_normal(rngs, (cfg.dim, cfg.mlp_hidden), std), logical_axes=("embed", "mlp"))
-        self.down = nnx.Param(_normal(rngs, (cfg.mlp_hidden, cfg.dim), out_std), logical_axes=("mlp", "embed"))
+        self.gate = nnx.Param(
+            _normal(rngs, (cfg.dim, cfg.mlp_hidden), std), logical_axes=("embed", "mlp")
+        )
+        self.up = nnx.Param(
+            _normal(rngs, (cfg.dim, cfg.mlp_hidden), std), logical_axes=("embed", "mlp")
+        )
+        self.down = nnx.Param(
+            _normal(rngs, (cfg.mlp_hidden, cfg.dim), out_std), logical_axes=("mlp", "embed")
+        )
         self.dtype = jnp.dtype(cfg.compute_dtype)
 
     def __call__(self, x_BTE: jax.Array) -> jax.Array:
         x = x_BTE.astype(self.dtype)
-        hidden = jax.nn.silu(x @ self.gate[...].astype(self.dtype)) * (x @ self.up[...].astype(self.dtype))
+        hidden = jax.nn.silu(x @ self.gate[...].astype(self.dtype)) * (
+            x @ self.up[...].astype(self.dtype)
+        )
         return hidden @ self.down[...].astype(self.dtype)
 
 
@@ -185,22 +210,36 @@ class Transformer(nnx.Module):
 
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
-        self.embed = nnx.Param(_normal(rngs, (cfg.vocab_size, cfg.dim), cfg.init_std), logical_axes=("vocab", "embed"))
+        self.embed = nnx.Param(
+            _normal(rngs, (cfg.vocab_size, cfg.dim), cfg.init_std), logical_axes=("vocab", "embed")
+        )
         self.blocks = nnx.List([Block(cfg, i, rngs) for i in range(cfg.num_layers)])
         self.final_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         if not cfg.tie_embeddings:
-            self.unembed = nnx.Param(_normal(rngs, (cfg.dim, cfg.vocab_size), cfg.init_std), logical_axes=("embed", "vocab"))
+            self.unembed = nnx.Param(
+                _normal(rngs, (cfg.dim, cfg.vocab_size), cfg.init_std),
+                logical_axes=("embed", "vocab"),
+            )
 
     def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None) -> jax.Array:
+        x_BTE = self.embed[...].astype(self.cfg.compute_dtype)[tokens_BT]
+        return self.from_embeddings(x_BTE, positions_BT, segment_ids_BT)
+
+    def from_embeddings(self, x_BTE, positions_BT=None, segment_ids_BT=None) -> jax.Array:
+        """The network after the embedding lookup: [B, T, E] -> logits [B, T, V] float32.
+        Positions default to 0..T-1 (with segment_ids, give each document's own positions)."""
         if positions_BT is None:
-            positions_BT = jnp.broadcast_to(jnp.arange(tokens_BT.shape[1]), tokens_BT.shape)
-        dtype = jnp.dtype(self.cfg.compute_dtype)
-        x_BTE = self.embed[...].astype(dtype)[tokens_BT]
+            positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])
         for block in self.blocks:
             x_BTE = block(x_BTE, positions_BT, segment_ids_BT)
         x_BTE = self.final_norm(x_BTE)
         unembed_EV = self.unembed[...] if hasattr(self, "unembed") else self.embed[...].T
-        return jnp.einsum("bte,ev->btv", x_BTE, unembed_EV.astype(dtype), preferred_element_type=jnp.float32)
+        return jnp.einsum(
+            "bte,ev->btv",
+            x_BTE,
+            unembed_EV.astype(x_BTE.dtype),
+            preferred_element_type=jnp.float32,
+        )
 
 
 def count_params(params) -> int:

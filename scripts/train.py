@@ -21,7 +21,8 @@ def parse_args(argv):
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--workdir", help="run directory (required unless --dry-run)")
     parser.add_argument(
-        "--dry-run", action="store_true",
+        "--dry-run",
+        action="store_true",
         help="validate, build the model abstractly and print a JSON summary",
     )
     parser.add_argument("overrides", nargs="*", help="dotted overrides like train.steps=200")

@@ -42,18 +42,22 @@ def sequence_length(cfg: DataConfig) -> int:
     return block_task.example_length(b.n, b.l, b.variant, num_blocks)
 
 
-def to_model_example(record: dict, seq_len: int) -> dict:
-    """tokens/answer_mask [T+1] -> inputs, targets, weights [seq_len] (padded with PAD, weight 0)."""
-    tokens = np.asarray(record["tokens"], np.int32)
-    mask = np.asarray(record["answer_mask"], np.float32)
-    if len(tokens) - 1 > seq_len:
-        raise ValueError(f"example of {len(tokens) - 1} tokens exceeds sequence length {seq_len}")
-    pad = seq_len - (len(tokens) - 1)
-    return {
-        "inputs": np.pad(tokens[:-1], (0, pad), constant_values=PAD),
-        "targets": np.pad(tokens[1:], (0, pad), constant_values=PAD),
-        "weights": np.pad(mask[1:], (0, pad)),
-    }
+def read_batch(source, indices, seq_len: int) -> dict:
+    """Records `indices` of a TFDS data source (tokens/answer_mask [T+1]) -> inputs, targets,
+    weights [len(indices), seq_len], padded with PAD and weight 0."""
+    records = source.__getitems__(list(indices))
+    inputs = np.full((len(records), seq_len), PAD, np.int32)
+    targets = np.full((len(records), seq_len), PAD, np.int32)
+    weights = np.zeros((len(records), seq_len), np.float32)
+    for row, record in enumerate(records):
+        tokens, mask = record["tokens"], record["answer_mask"]
+        length = len(tokens) - 1
+        if length > seq_len:
+            raise ValueError(f"example of {length} tokens exceeds sequence length {seq_len}")
+        inputs[row, :length] = tokens[:-1]
+        targets[row, :length] = tokens[1:]
+        weights[row, :length] = mask[1:]
+    return {"inputs": inputs, "targets": targets, "weights": weights}
 
 
 def train_dataset(
@@ -66,23 +70,19 @@ def train_dataset(
 ) -> grain.MapDataset:
     """Infinite dataset of this process's part of each global batch ([B / processes, T] arrays).
 
-    Every epoch is shuffled anew from `seed`; process p takes rows p, p + P, ... of each batch.
+    Every epoch is shuffled anew from `seed`; process p reads rows p, p + P, ... of each batch.
     """
     if global_batch % process_count:
         raise ValueError(f"batch size {global_batch} must divide over {process_count} processes")
     source = builder.as_data_source()["train"]
-    ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-    ds = ds.map(lambda record: to_model_example(record, seq_len))
-    ds = ds.batch(global_batch, drop_remainder=True)
-    return ds.map(lambda batch: {k: v[process_index::process_count] for k, v in batch.items()})
+    indices = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat()
+    batches = indices.batch(global_batch, drop_remainder=True)
+    return batches.map(lambda idx: read_batch(source, idx[process_index::process_count], seq_len))
 
 
 def eval_batches(builder, split: str, seq_len: int, num_examples: int, batch_size: int):
     """The first `num_examples` of a split in order, as a list of batches (last one smaller)."""
     source = builder.as_data_source()[split]
     count = min(num_examples, len(source))
-    examples = [to_model_example(source[i], seq_len) for i in range(count)]
-    return [
-        {k: np.stack([e[k] for e in examples[i : i + batch_size]]) for k in examples[0]}
-        for i in range(0, count, batch_size)
-    ]
+    starts = range(0, count, batch_size)
+    return [read_batch(source, range(i, min(i + batch_size, count)), seq_len) for i in starts]

@@ -40,7 +40,9 @@ def evaluate(setup: TrainSetup, params: dict, batches: list[dict]) -> dict:
 def _progress(cfg: Config, start: int):
     show = {"on": True, "off": False, "auto": sys.stderr.isatty()}[cfg.log.progress]
     return tqdm(
-        total=cfg.train.steps, initial=start, disable=not show or jax.process_index() != 0,
+        total=cfg.train.steps,
+        initial=start,
+        disable=not show or jax.process_index() != 0,
         dynamic_ncols=True,
     )
 
@@ -62,8 +64,12 @@ def train(cfg: Config, workdir: str | Path, until_step: int | None = None) -> di
     builder = pipeline.prepare(cfg.data)
     seq_len = pipeline.sequence_length(cfg.data)
     train_ds = pipeline.train_dataset(
-        builder, seq_len, cfg.train.batch_size, cfg.train.seed,
-        jax.process_index(), jax.process_count(),
+        builder,
+        seq_len,
+        cfg.train.batch_size,
+        cfg.train.seed,
+        jax.process_index(),
+        jax.process_count(),
     )
     data_iter = iter(train_ds.to_iter_dataset())
     eval_data = pipeline.eval_batches(

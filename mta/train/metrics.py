@@ -30,7 +30,8 @@ class MetricsWriter:
         if not self.path.exists():
             return
         kept = [
-            line for line in self.path.read_text().splitlines()
+            line
+            for line in self.path.read_text().splitlines()
             if line.strip() and json.loads(line)["step"] <= step
         ]
         tmp = self.path.with_suffix(".jsonl.tmp")

@@ -8,7 +8,7 @@ from mta.model import MTA_PARAM_NAMES
 
 
 def make_schedule(cfg: TrainConfig) -> optax.Schedule:
-    """Linear warmup from 0 to `lr` over `warmup_steps`, then the chosen decay to lr*min_lr_ratio."""
+    """Linear warmup 0 -> `lr` over `warmup_steps`, then the chosen decay to lr * min_lr_ratio."""
     decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
     end = cfg.lr * cfg.min_lr_ratio
     if cfg.schedule == "constant":
@@ -39,8 +39,12 @@ def make_optimizer(cfg: TrainConfig, params: dict, decay_mta_params: bool = True
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
     parts.append(
         optax.adamw(
-            make_schedule(cfg), b1=cfg.beta1, b2=cfg.beta2, eps=cfg.eps,
-            weight_decay=cfg.weight_decay, mask=decay_mask(params, decay_mta_params),
+            make_schedule(cfg),
+            b1=cfg.beta1,
+            b2=cfg.beta2,
+            eps=cfg.eps,
+            weight_decay=cfg.weight_decay,
+            mask=decay_mask(params, decay_mta_params),
         )
     )
     return optax.chain(*parts)

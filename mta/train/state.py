@@ -71,5 +71,6 @@ class TrainSetup:
         """ShapeDtypeStructs of the state with their shardings (restore target, dry run)."""
         return jax.tree.map(
             lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-            jax.eval_shape(self._fresh_state), self.shardings,
+            jax.eval_shape(self._fresh_state),
+            self.shardings,
         )

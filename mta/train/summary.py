@@ -9,7 +9,7 @@ from mta.train.mesh import mesh_shape
 
 
 def layer_kinds(cfg: Config) -> list[str]:
-    """A short description of the attention in each layer, e.g. 'mta(kq_pre 6x11, head_pre linear)'."""
+    """The attention of each layer in short, e.g. 'mta(kq_pre 6x11, head_pre linear)'."""
     a = cfg.model.attention
     if a.kind == "diff":
         return ["diff"] * cfg.model.num_layers
@@ -31,7 +31,9 @@ def layer_kinds(cfg: Config) -> list[str]:
     return kinds
 
 
-def memory_estimate_bytes(cfg: Config, abstract_state: dict, seq_len: int, num_devices: int) -> dict:
+def memory_estimate_bytes(
+    cfg: Config, abstract_state: dict, seq_len: int, num_devices: int
+) -> dict:
     """Rough bytes per device: state (params, Adam moments) split over fsdp x tensor, gradients
     like params, and activations (residual stream and float32 attention maps per layer, kept for
     the backward pass) split over the batch axes."""
@@ -58,7 +60,7 @@ def summary(cfg: Config, abstract_state: dict, seq_len: int) -> dict:
     return {
         "params": count_params(abstract_state["params"]),
         "layers": layer_kinds(cfg),
-        "mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape(cfg.mesh, devices))),
+        "mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape(cfg.mesh, devices), strict=True)),
         "devices": devices,
         "seq_len": seq_len,
         "memory_per_device_bytes": memory,

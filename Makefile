@@ -1,0 +1,26 @@
+# `make train` and `make test` create .venv on first use, install the package into it, then run.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: train test lint clean-venv
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+train: $(STAMP)
+	$(PY) scripts/train.py --config configs/toy/block_mta_cpu.yaml --workdir runs/quickstart
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mta scripts tests
+	$(VENV)/bin/ruff format --check mta scripts tests
+
+clean-venv:
+	rm -rf $(VENV)

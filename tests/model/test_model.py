@@ -1,0 +1,87 @@
+"""The transformer: its pieces against numpy, its parameter count, and causality."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from mta.config import load_config
+from mta.model import Transformer, apply_rope, count_params, rms_norm
+
+
+def test_rms_norm_matches_numpy():
+    x = np.random.default_rng(0).normal(size=(3, 5, 8))
+    w = np.random.default_rng(1).normal(size=(8,))
+    expected = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-5) * w
+    np.testing.assert_allclose(rms_norm(jnp.asarray(x, jnp.float32), w, 1e-5), expected, rtol=1e-5)
+
+
+def test_rope_matches_numpy_rotation():
+    rng = np.random.default_rng(0)
+    B, T, H, D, theta = 2, 5, 3, 8, 500.0
+    x = rng.normal(size=(B, T, H, D))
+    pos = rng.integers(0, 100, size=(B, T))
+    expected = np.empty_like(x)
+    half = D // 2
+    for b in range(B):
+        for t in range(T):
+            for i in range(half):
+                angle = pos[b, t] * theta ** (-i / half)
+                c, s = np.cos(angle), np.sin(angle)
+                x1, x2 = x[b, t, :, i], x[b, t, :, i + half]
+                expected[b, t, :, i] = x1 * c - x2 * s
+                expected[b, t, :, i + half] = x2 * c + x1 * s
+    got = apply_rope(jnp.asarray(x, jnp.float32), jnp.asarray(pos), theta)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rope_makes_scores_depend_on_relative_position():
+    rng = np.random.default_rng(1)
+    q, k = (jnp.asarray(rng.normal(size=(1, 1, 1, 8)), jnp.float32) for _ in range(2))
+
+    def score(i, j):
+        qi = apply_rope(q, jnp.array([[i]]), 1e4)
+        kj = apply_rope(k, jnp.array([[j]]), 1e4)
+        return float((qi * kj).sum())
+
+    assert np.isclose(score(7, 3), score(14, 10), rtol=1e-5)
+    assert not np.isclose(score(7, 3), score(7, 5), rtol=1e-3)
+
+
+def test_parameter_count_formula():
+    cfg = load_config(
+        None,
+        [
+            "model.dim=48",
+            "model.num_layers=3",
+            "model.num_heads=4",
+            "model.num_kv_heads=2",
+            "model.mlp_hidden=80",
+            "model.vocab_size=100",
+            "model.tie_embeddings=false",
+        ],
+    ).model
+    model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+    d, hd, kv = 48, 12, 2
+    attn = d * d * 2 + 2 * d * kv * hd
+    per_layer = attn + 3 * d * 80 + 2 * d
+    assert count_params(nnx.state(model)) == 3 * per_layer + d + 2 * 100 * d
+
+
+def test_model_is_causal_through_gradients(tiny_config):
+    cfg = tiny_config("model.num_kv_heads=1").model
+    model = Transformer(cfg, nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 7, cfg.dim))
+    # d (sum of logits at i) / d (embedding at j): [B, T_out, B, T_in, E]
+    jac = np.asarray(jax.jacrev(lambda x: model.from_embeddings(x).sum(-1))(x))
+    influence_TT = np.abs(jac[0, :, 0]).sum(-1) + np.abs(jac[1, :, 1]).sum(-1)
+    assert np.all(np.triu(influence_TT, k=1) == 0.0), "a position sees the future"
+    assert np.all(np.diag(influence_TT) > 0) and np.all(np.tril(influence_TT)[1:, 0] > 0)
+
+
+def test_bfloat16_compute_runs_and_stays_close(tiny_config):
+    tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 259)
+    out32 = Transformer(tiny_config().model, nnx.Rngs(0))(tokens)
+    out16 = Transformer(tiny_config("model.compute_dtype=bfloat16").model, nnx.Rngs(0))(tokens)
+    assert out16.dtype == jnp.float32
+    np.testing.assert_allclose(out16, out32, atol=0.05)
