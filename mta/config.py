@@ -85,8 +85,9 @@ class BlockTaskConfig:
 
 @dataclass
 class DataConfig:
-    task: str = "block"  # block
+    task: str = "block"  # block | text (the text corpus pipeline is not built yet)
     data_dir: str = "~/tensorflow_datasets"  # where TFDS builds and reads datasets
+    seq_len: int = 2048  # tokens per training sequence of text (the block task sets its own)
     block: BlockTaskConfig = field(default_factory=BlockTaskConfig)
 
 
@@ -167,7 +168,7 @@ CHOICES = {
     "model.attention.group_norm": ("none", "gating", "depth_scaling"),
     "model.attention.kernel_init": ("identity", "constant", "zero", "uniform"),
     "model.compute_dtype": ("float32", "bfloat16"),
-    "data.task": ("block",),
+    "data.task": ("block", "text"),
     "data.block.variant": ("all", "first", "last"),
     "train.schedule": ("constant", "linear", "cosine"),
     "log.progress": ("auto", "on", "off"),
@@ -186,6 +187,7 @@ POSITIVE = (
     "model.attention.kq_pre.c_k",
     "model.attention.kq_post.c_q",
     "model.attention.kq_post.c_k",
+    "data.seq_len",
     "data.block.n",
     "data.block.l",
     "data.block.length",
@@ -337,6 +339,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "model.attention.kind: diff does not combine with key-query convolution or head "
             "mixing; set them off or use kind: softmax"
+        )
+    if a.kind == "diff" and a.group_norm != "none":
+        raise ConfigError(
+            "model.attention.group_norm: DIFF attention has its own per-head norm; "
+            "set group_norm: none with kind: diff"
+        )
+    if a.kind == "diff" and not m.head_dim and m.dim % (2 * m.num_heads):
+        raise ConfigError(
+            f"model.dim: {m.dim} is not divisible by 2 x model.num_heads ({m.num_heads}), which "
+            "DIFF attention's half-heads need; set model.head_dim explicitly"
         )
     if a.head_pre == "conv3d" and not a.kq_pre.enabled:
         raise ConfigError(

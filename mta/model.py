@@ -15,10 +15,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mta.attention import multi_token_attention
+from mta.attention import (
+    diff_head_norm,
+    diff_lambda,
+    diff_lambda_init,
+    differential_attention,
+    multi_token_attention,
+)
 from mta.config import ModelConfig, kq_layer_indices
 
 MTA_PARAM_NAMES = ("kq_pre", "kq_post", "head_pre", "head_post", "out_norm", "gate_w", "gate_b")
+DIFF_PARAM_NAMES = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2", "head_norm")
 
 
 def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float) -> jax.Array:
@@ -168,6 +175,62 @@ class Attention(nnx.Module):
         return (normed * self.depth_scale).astype(out_BTHD.dtype)
 
 
+class DiffAttention(nnx.Module):
+    """DIFF Transformer attention (Ye et al. 2024): H' heads, each the difference of two softmax
+    maps over half-heads of width D, values of width 2D, a learned lambda re-parameterised as
+    exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init(layer), and per-head RMSNorm scaled by
+    (1 - lambda_init). H' = num_heads, D = head_dim (default dim // (2 H'))."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, rngs: nnx.Rngs):
+        H = cfg.num_heads
+        K = cfg.num_kv_heads or H
+        D = cfg.head_dim or cfg.dim // (2 * H)
+        self.rope_theta, self.eps = cfg.rope_theta, cfg.norm_eps
+        self.lambda_init = diff_lambda_init(layer)
+        self.dtype = jnp.dtype(cfg.compute_dtype)
+        std = cfg.init_std
+        out_std = std / math.sqrt(2 * cfg.num_layers) if cfg.scale_output_init else std
+        self.wq = nnx.Param(
+            _normal(rngs, (cfg.dim, 2 * H, D), std), logical_axes=("embed", "heads", None)
+        )
+        self.wk = nnx.Param(
+            _normal(rngs, (cfg.dim, 2 * K, D), std), logical_axes=("embed", "kv_heads", None)
+        )
+        self.wv = nnx.Param(
+            _normal(rngs, (cfg.dim, K, 2 * D), std), logical_axes=("embed", "kv_heads", None)
+        )
+        self.wo = nnx.Param(
+            _normal(rngs, (H, 2 * D, cfg.dim), out_std), logical_axes=("heads", None, "embed")
+        )
+        for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"):
+            setattr(self, name, nnx.Param(_normal(rngs, (D,), 0.1), logical_axes=("norm",)))
+        self.head_norm = nnx.Param(jnp.ones((2 * D,), jnp.float32), logical_axes=("norm",))
+
+    def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
+        x = x_BTE.astype(self.dtype)
+        q = apply_rope(
+            jnp.einsum("bte,ehd->bthd", x, self.wq[...].astype(self.dtype)),
+            positions_BT,
+            self.rope_theta,
+        )
+        k = apply_rope(
+            jnp.einsum("bte,ekd->btkd", x, self.wk[...].astype(self.dtype)),
+            positions_BT,
+            self.rope_theta,
+        )
+        v = jnp.einsum("bte,ekd->btkd", x, self.wv[...].astype(self.dtype))
+        lam = diff_lambda(
+            self.lambda_q1[...],
+            self.lambda_k1[...],
+            self.lambda_q2[...],
+            self.lambda_k2[...],
+            self.lambda_init,
+        )
+        out_BTHD = differential_attention(q, k, v, lam, segment_ids_BT)
+        out_BTHD = diff_head_norm(out_BTHD, self.head_norm[...], self.lambda_init, self.eps)
+        return jnp.einsum("bthd,hde->bte", out_BTHD, self.wo[...].astype(self.dtype))
+
+
 class MLP(nnx.Module):
     """SwiGLU: down(silu(x @ gate) * (x @ up))."""
 
@@ -196,7 +259,8 @@ class MLP(nnx.Module):
 class Block(nnx.Module):
     def __init__(self, cfg: ModelConfig, layer: int, rngs: nnx.Rngs):
         self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.attn = Attention(cfg, layer, rngs)
+        attention = DiffAttention if cfg.attention.kind == "diff" else Attention
+        self.attn = attention(cfg, layer, rngs)
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg, rngs)
 

@@ -68,6 +68,12 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(result))
+    print(
+        f"step {result['step']}: exact-match error {result['eval/exact_match_error']:.1f}% on "
+        f"{result['eval/examples']} {cfg.eval.split} examples; metrics in "
+        f"{Path(args.workdir) / 'metrics.jsonl'}",
+        file=sys.stderr,
+    )
     return 0
 
 

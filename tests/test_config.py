@@ -1,6 +1,7 @@
 """Config loading, validation and the train CLI's handling of bad input."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,12 @@ from mta.config import ConfigError, kq_layer_indices, load_config, to_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
+DOCUMENTED_COUNTS = {
+    match[0]: int(match[1].replace(",", ""))
+    for match in re.findall(
+        r"^\| `(\S+)` \| ([\d,]+) \|$", (ROOT / "docs/param_counts.md").read_text(), re.M
+    )
+}
 
 
 def run_train(*args):
@@ -31,7 +38,13 @@ def test_every_config_passes_dry_run(path, capsys):
     summary = json.loads(capsys.readouterr().out)
     cfg = load_config(path)
     assert len(summary["layers"]) == cfg.model.num_layers
-    assert summary["params"] > 0 and summary["memory_per_device_gb"] > 0
+    assert summary["memory_per_device_gb"] > 0
+    assert summary["params"] == DOCUMENTED_COUNTS.get(path), "update docs/param_counts.md"
+
+
+def test_paper_table_8_parameter_counts():
+    assert DOCUMENTED_COUNTS["configs/lm/880M_baseline.yaml"] == 876_553_728
+    assert DOCUMENTED_COUNTS["configs/lm/880M_mta.yaml"] == 876_583_320
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,7 @@ from einops import rearrange
 def check_heads(num_heads: int, num_kv_heads: int) -> int:
     """Returns the number of query heads per key/value head; raises if K does not divide H."""
     if num_kv_heads <= 0 or num_heads % num_kv_heads:
-        raise ValueError(
-            f"key/value heads ({num_kv_heads}) must divide query heads ({num_heads})"
-        )
+        raise ValueError(f"key/value heads ({num_kv_heads}) must divide query heads ({num_heads})")
     return num_heads // num_kv_heads
 
 
@@ -38,7 +36,9 @@ def weight_values(weights_BHTS: jax.Array, v_BSKD: jax.Array) -> jax.Array:
     group = check_heads(weights_BHTS.shape[1], v_BSKD.shape[2])
     weights_BKGTS = rearrange(weights_BHTS, "b (k g) t s -> b k g t s", g=group)
     out_BTKGD = jnp.einsum(
-        "bkgts,bskd->btkgd", weights_BKGTS.astype(v_BSKD.dtype), v_BSKD,
+        "bkgts,bskd->btkgd",
+        weights_BKGTS.astype(v_BSKD.dtype),
+        v_BSKD,
         preferred_element_type=jnp.float32,
     )
     return rearrange(out_BTKGD, "b t k g d -> b t (k g) d").astype(v_BSKD.dtype)

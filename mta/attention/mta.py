@@ -1,15 +1,118 @@
-"""Multi-Token Attention (placeholder: plain causal attention until the MTA kernels land)."""
+"""Multi-Token Attention (Golovneva et al. 2025), the dense reference path. See MTA_SPEC.md.
+
+    A = mask_0(mix_post(conv_post(softmax(mask_-inf(mix_pre(conv_pre(mask_0(q k^T / sqrt(D))))))))
+    out = A v
+
+Every kernel is optional; with all of them None this is plain causal attention (core).
+Queries are the last T of S key positions. When S > T (decoding) the convolutions along queries
+see only the T query rows present: rows before the first query read 0, so to reproduce a full
+forward pass a caller must pass at least the c_q - 1 preceding queries as well.
+"""
 
 import jax
+import jax.numpy as jnp
 
-from mta.attention.core import causal_attention
+from mta.attention.conv import (
+    check_head_kernel,
+    check_kq_kernel,
+    conv3d_heads,
+    key_query_conv,
+    mix_heads,
+)
+from mta.attention.core import (
+    attention_logits,
+    causal_attention,
+    causal_mask,
+    masked_softmax,
+    weight_values,
+)
+
+IMPLS = ("dense",)  # "blockwise" arrives with mta/attention/blockwise.py
 
 
 def multi_token_attention(
-    q, k, v, kq_pre=None, head_pre=None, kq_post=None, head_post=None,
-    segment_ids=None, impl="dense",
+    q,
+    k,
+    v,
+    kq_pre=None,
+    head_pre=None,
+    kq_post=None,
+    head_post=None,
+    segment_ids=None,
+    impl="dense",
 ) -> jax.Array:
-    """[B,T,H,D], [B,S,K,D], [B,S,K,D] -> [B,T,H,D]. Kernels are not implemented yet."""
-    if any(x is not None for x in (kq_pre, head_pre, kq_post, head_post)):
-        raise NotImplementedError("MTA kernels")
-    return causal_attention(q, k, v, segment_ids)
+    """Multi-Token Attention: q [B,T,H,D], k/v [B,S,K,D] (K divides H) -> [B,T,H,D] (v's dtype).
+
+    kq_pre:    [H, c_q, c_k] key-query conv on the zero-masked logits (c_k odd), or None.
+    head_pre:  [H, H] linear or [H//c_h, c_h, c_h] grouped ([group, in, out]) logit mixing, or a
+               5-D [H//c_h, c_h, c_h, c_q, c_k] 3-D conv kernel that replaces kq_pre + head_pre.
+    kq_post:   [H, c_q, c_k] key-query conv on the attention weights, or None.
+    head_post: [H//c_h, c_h, c_h] grouped (or [H, H] linear) weight mixing, or None.
+    segment_ids: [B, T] document ids (needs S == T); attention and convolutions stay inside a
+               document, so a packed row equals its documents run separately.
+    impl:      "dense" (the only one so far).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if all(x is None for x in (kq_pre, head_pre, kq_post, head_post)):
+        return causal_attention(q, k, v, segment_ids)
+    num_queries, num_heads = q.shape[1], q.shape[2]
+    _check_kernels(num_heads, kq_pre, head_pre, kq_post, head_post)
+    _check_segments(segment_ids, q.shape, k.shape)
+    conv_pre_3d = head_pre is not None and jnp.ndim(head_pre) == 5
+    mask_B1TS = causal_mask(num_queries, k.shape[1], segment_ids)
+
+    # logits = q k^T / sqrt(D): b t h d, b s k d -> b h t s (float32)
+    logits_BHTS = attention_logits(q, k)
+    # mask_0: zero the masked logits so the conv never reads a future or foreign key
+    if kq_pre is not None or conv_pre_3d:
+        logits_BHTS = jnp.where(mask_B1TS, logits_BHTS, 0.0)
+    # pre key-query conv, depthwise: b h t s, h q k -> b h t s
+    if kq_pre is not None:
+        logits_BHTS = key_query_conv(logits_BHTS, kq_pre, segment_ids)
+    # pre head mixing: b h t s, h h -> b h t s (or grouped n i o; or the 3-D conv n i o q k)
+    if conv_pre_3d:
+        logits_BHTS = conv3d_heads(logits_BHTS, head_pre, segment_ids)
+    elif head_pre is not None:
+        logits_BHTS = mix_heads(logits_BHTS, head_pre)
+    # mask_-inf + softmax over keys in float32: b h t s -> b h t s
+    weights_BHTS = masked_softmax(logits_BHTS, mask_B1TS)
+    # post key-query conv on the probabilities (rows are not renormalised)
+    if kq_post is not None:
+        weights_BHTS = key_query_conv(weights_BHTS, kq_post, segment_ids)
+    # post head mixing, grouped: b (n i) t s, n i o -> b (n o) t s
+    if head_post is not None:
+        weights_BHTS = mix_heads(weights_BHTS, head_post)
+    # mask_0 again: the post conv spreads weight onto future keys
+    if kq_post is not None or head_post is not None:
+        weights_BHTS = jnp.where(mask_B1TS, weights_BHTS, 0.0)
+    # out = A v: b h t s, b s k d -> b t h d
+    return weight_values(weights_BHTS, v)
+
+
+def _check_kernels(num_heads, kq_pre, head_pre, kq_post, head_post) -> None:
+    """Raises ValueError naming the first kernel whose shape does not fit H."""
+    if kq_pre is not None:
+        check_kq_kernel(kq_pre, num_heads, "kq_pre")
+    if head_pre is not None:
+        check_head_kernel(head_pre, num_heads, "head_pre", full_3d=True)
+        if jnp.ndim(head_pre) == 5 and kq_pre is not None:
+            raise ValueError(
+                "a 5-D head_pre is the full 3-D pre-softmax conv and replaces kq_pre: "
+                "pass kq_pre=None (or factorise into kq_pre + a grouped head_pre)"
+            )
+    if kq_post is not None:
+        check_kq_kernel(kq_post, num_heads, "kq_post")
+    if head_post is not None:
+        check_head_kernel(head_post, num_heads, "head_post")
+
+
+def _check_segments(segment_ids, q_shape, k_shape) -> None:
+    """segment_ids must be [B, T] and, for the convolutions, S == T."""
+    if segment_ids is None:
+        return
+    if tuple(segment_ids.shape) != (q_shape[0], q_shape[1]) or k_shape[1] != q_shape[1]:
+        raise ValueError(
+            f"segment_ids must be [B, T] = [{q_shape[0]}, {q_shape[1]}] with S == T, got "
+            f"segment_ids {tuple(segment_ids.shape)}, T={q_shape[1]}, S={k_shape[1]}"
+        )

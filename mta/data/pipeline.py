@@ -10,13 +10,15 @@ import os
 import grain
 import numpy as np
 
-from mta.config import DataConfig
+from mta.config import ConfigError, DataConfig
 from mta.data import block_task
 from mta.data.tokenizer import PAD
 
 
 def prepare(cfg: DataConfig):
     """Builds (once) and returns the TFDS builder of the configured task."""
+    if cfg.task != "block":
+        raise ConfigError(f"data.task: {cfg.task!r} has no data pipeline yet; use block")
     from mta.data import tfds_block_task  # imported late: registers the builder with TFDS
 
     b = cfg.block
@@ -35,8 +37,10 @@ def prepare(cfg: DataConfig):
 
 
 def sequence_length(cfg: DataConfig) -> int:
-    """Model input length T of the configured task (BOS + prompt + answer, minus the last token
-    that is only a target)."""
+    """Model input length T: `seq_len` for text; for the block task BOS + prompt + answer minus
+    the last token, which is only a target."""
+    if cfg.task == "text":
+        return cfg.seq_len
     b = cfg.block
     num_blocks = b.num_blocks or block_task.blocks_for_length(b.n, b.l, b.variant, b.length)
     return block_task.example_length(b.n, b.l, b.variant, num_blocks)

@@ -122,6 +122,8 @@ def train(cfg: Config, workdir: str | Path, until_step: int | None = None) -> di
                 tokens_since, time_since = 0, time.perf_counter()
             if step % cfg.checkpoint.every == 0 or step == last_step:
                 checkpoint.save(manager, step, state, data_iter)
+        if "eval/exact_match_error" not in record:  # e.g. relaunched on a finished run
+            record.update(evaluate(setup, state["params"], eval_data))
     finally:
         progress.close()
         writer.close()

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from mta.config import load_config
@@ -68,8 +69,39 @@ def test_parameter_count_formula():
     assert count_params(nnx.state(model)) == 3 * per_layer + d + 2 * 100 * d
 
 
-def test_model_is_causal_through_gradients(tiny_config):
-    cfg = tiny_config("model.num_kv_heads=1").model
+VARIANTS = {
+    "baseline_mqa": ["model.num_kv_heads=1"],
+    "mta_full": [
+        "model.num_heads=4",
+        "model.num_kv_heads=2",
+        "model.attention.kq_pre.enabled=true",
+        "model.attention.kq_pre.c_q=3",
+        "model.attention.kq_pre.c_k=5",
+        "model.attention.kq_post.enabled=true",
+        "model.attention.kq_post.c_q=2",
+        "model.attention.kq_post.c_k=3",
+        "model.attention.kq_layers=[1]",
+        "model.attention.head_pre=linear",
+        "model.attention.head_post=grouped",
+        "model.attention.head_group_size=2",
+        "model.attention.group_norm=gating",
+        "model.attention.kernel_init=uniform",
+    ],
+    "mta_conv3d_depth": [
+        "model.attention.kq_pre.enabled=true",
+        "model.attention.kq_pre.c_k=3",
+        "model.attention.head_pre=conv3d",
+        "model.attention.group_norm=depth_scaling",
+        "model.attention.kernel_init=uniform",
+    ],
+    "talking_heads": ["model.attention.head_pre=grouped", "model.attention.head_post=grouped"],
+    "diff": ["model.attention.kind=diff"],
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_model_is_causal_through_gradients(tiny_config, variant):
+    cfg = tiny_config(*VARIANTS[variant]).model
     model = Transformer(cfg, nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 7, cfg.dim))
     # d (sum of logits at i) / d (embedding at j): [B, T_out, B, T_in, E]
@@ -85,3 +117,20 @@ def test_bfloat16_compute_runs_and_stays_close(tiny_config):
     out16 = Transformer(tiny_config("model.compute_dtype=bfloat16").model, nnx.Rngs(0))(tokens)
     assert out16.dtype == jnp.float32
     np.testing.assert_allclose(out16, out32, atol=0.05)
+
+
+def test_identity_initialised_mta_model_equals_baseline(tiny_config):
+    mta = [
+        "model.num_heads=4",
+        "model.attention.kq_pre.enabled=true",
+        "model.attention.kq_post.enabled=true",
+        "model.attention.kq_pre.c_k=5",
+        "model.attention.head_pre=linear",
+        "model.attention.head_post=grouped",
+        "model.attention.head_group_size=2",
+    ]
+    baseline = Transformer(tiny_config("model.num_heads=4").model, nnx.Rngs(0))
+    model = Transformer(tiny_config(*mta).model, nnx.Rngs(0))
+    assert count_params(nnx.state(model)) > count_params(nnx.state(baseline))
+    tokens = jax.random.randint(jax.random.key(0), (2, 11), 0, 259)
+    np.testing.assert_allclose(model(tokens), baseline(tokens), rtol=1e-5, atol=1e-5)
