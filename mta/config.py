@@ -105,6 +105,7 @@ class TrainConfig:
     beta2: float = 0.98
     eps: float = 1e-8
     clip_norm: float = 1.0  # global-norm clipping; 0 disables it
+    skip_nonfinite: bool = False  # skip (and count) updates with NaN/Inf instead of stopping
 
 
 @dataclass
@@ -382,3 +383,39 @@ def to_dict(cfg: Config) -> dict:
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML, loadable again by load_config."""
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# Keys that may change when a run resumes: they do not change what is computed.
+HARMLESS_ON_RESUME = (
+    "train.steps",
+    "log.",
+    "eval.",
+    "checkpoint.every",
+    "checkpoint.keep",
+    "checkpoint.async_save",
+    "data.data_dir",
+    "mesh.",
+)
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def resume_diff(saved: dict, new: dict) -> list[str]:
+    """The keys whose change would make a resumed run differ from the saved one, as
+    'key: old -> new' lines (harmless keys such as train.steps or log.every are left out)."""
+    old_flat, new_flat = _flatten(saved), _flatten(new)
+    changed = []
+    for key in sorted(set(old_flat) | set(new_flat)):
+        if old_flat.get(key) == new_flat.get(key):
+            continue
+        if any(key == h or (h.endswith(".") and key.startswith(h)) for h in HARMLESS_ON_RESUME):
+            continue
+        changed.append(f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}")
+    return changed

@@ -3,7 +3,9 @@
     python scripts/train.py --config configs/toy/block_mta.yaml --workdir runs/x train.steps=200
     python scripts/train.py --config configs/lm/880M_mta.yaml --dry-run
 
-Exit codes: 0 success, 2 user error (one line on stderr naming what is wrong).
+Exit codes: 0 success (also after SIGTERM, with a checkpoint at the stop step); 2 user error
+(one line naming what is wrong); 3 NaN/Inf in the loss or gradients; 4 a checkpoint could not be
+written; 130 after SIGINT (Ctrl-C), with a checkpoint at the stop step.
 """
 
 import argparse
@@ -17,13 +19,22 @@ from mta.config import ConfigError, load_config  # noqa: E402
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 2)[2],
+    )
     parser.add_argument("--config", required=True, help="YAML config file")
     parser.add_argument("--workdir", help="run directory (required unless --dry-run)")
     parser.add_argument(
         "--dry-run",
         action="store_true",
         help="validate, build the model abstractly and print a JSON summary",
+    )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a workdir even though model/data/optimizer keys differ (logs the diff)",
     )
     parser.add_argument("overrides", nargs="*", help="dotted overrides like train.steps=200")
     args = parser.parse_args(argv)
@@ -33,14 +44,17 @@ def parse_args(argv):
 
 
 def load(args):
-    """The validated config, including checks that need the task's own rules."""
+    """The validated config, including the checks that need the task's rules or the devices,
+    so that every config error is reported before any compute."""
     from mta.data import pipeline
+    from mta.train.mesh import check_batch
 
     cfg = load_config(args.config, args.overrides)
     try:
         pipeline.sequence_length(cfg.data)
     except ValueError as err:
         raise ConfigError(f"data.{cfg.data.task}: {err}") from None
+    check_batch(cfg)
     return cfg
 
 
@@ -54,20 +68,22 @@ def dry_run(cfg) -> dict:
     return summary(cfg, setup.abstract_state(), pipeline.sequence_length(cfg.data))
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = load(args)
-        if args.dry_run:
-            print(json.dumps(dry_run(cfg), indent=1))
-            return 0
-        from mta.train.loop import train
+def run(args, cfg) -> int:
+    from mta.train import faults
+    from mta.train.loop import train
 
-        result = train(cfg, args.workdir)
-    except ConfigError as err:
+    try:
+        result = train(cfg, args.workdir, allow_config_change=args.allow_config_change)
+    except faults.NonFiniteError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return faults.EXIT_NONFINITE
+    except faults.CheckpointWriteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return faults.EXIT_SAVE_FAILED
     print(json.dumps(result))
+    if result.get("stopped_by") is not None:
+        print(f"stopped at step {result['step']} with a checkpoint there", file=sys.stderr)
+        return faults.EXIT_SIGINT if result["stopped_by"] == 2 else 0
     print(
         f"step {result['step']}: exact-match error {result['eval/exact_match_error']:.1f}% on "
         f"{result['eval/examples']} {cfg.eval.split} examples; metrics in "
@@ -75,6 +91,19 @@ def main(argv=None) -> int:
         file=sys.stderr,
     )
     return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load(args)
+        if args.dry_run:
+            print(json.dumps(dry_run(cfg), indent=1))
+            return 0
+        return run(args, cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

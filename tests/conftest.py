@@ -32,7 +32,7 @@ def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny_overrides(data_dir):
     """Dotted overrides for a model and run that train in seconds."""
     return TINY + [f"data.data_dir={data_dir}"]

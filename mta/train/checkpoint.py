@@ -1,11 +1,20 @@
-"""Orbax checkpoints of the train state and the data iterator, under WORKDIR/checkpoints."""
+"""Orbax checkpoints of the train state and the data iterator, under WORKDIR/checkpoints.
 
+Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
+process killed mid-write leaves no half checkpoint among the steps. A checkpoint that is complete
+but unreadable (a file cut short or removed) is moved to WORKDIR/checkpoints_unreadable/ and the
+next older one is used; nothing is deleted.
+"""
+
+import shutil
+import sys
 from pathlib import Path
 
 import grain
 import orbax.checkpoint as ocp
 
-from mta.config import CheckpointConfig
+from mta.config import CheckpointConfig, ConfigError
+from mta.train.faults import CheckpointWriteError
 
 
 def make_manager(workdir: str | Path, cfg: CheckpointConfig) -> ocp.CheckpointManager:
@@ -17,11 +26,33 @@ def make_manager(workdir: str | Path, cfg: CheckpointConfig) -> ocp.CheckpointMa
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: dict, data_iter) -> None:
-    """Saves {params, opt_state, step} and the data iterator's position at `step`."""
+    """Starts saving {params, opt_state, step, ...} and the data iterator's position at `step`.
+
+    Raises CheckpointWriteError if this or an earlier asynchronous save failed.
+    """
     args = {"state": ocp.args.StandardSave(state)}
     if data_iter is not None:
         args["data"] = grain.checkpoint.CheckpointSave(data_iter)
-    manager.save(step, args=ocp.args.Composite(**args))
+    try:
+        manager.save(step, args=ocp.args.Composite(**args))
+    except Exception as err:  # orbax surfaces write errors of any kind here
+        raise _write_error(manager, err) from None
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Blocks until pending saves are on disk; raises CheckpointWriteError if one failed."""
+    try:
+        manager.wait_until_finished()
+    except Exception as err:
+        raise _write_error(manager, err) from None
+
+
+def _write_error(manager, err: Exception) -> CheckpointWriteError:
+    detail = " ".join(str(err).split())[:300]
+    return CheckpointWriteError(
+        f"could not write a checkpoint in {manager.directory} ({type(err).__name__}: {detail}); "
+        "is the disk full or the workdir unwritable? Earlier checkpoints are untouched."
+    )
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, data_iter) -> dict:
@@ -31,3 +62,47 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, dat
     if data_iter is not None:
         args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     return manager.restore(step, args=ocp.args.Composite(**args))["state"]
+
+
+def open_and_restore(
+    workdir: str | Path, cfg: CheckpointConfig, abstract_state: dict, data_iter
+) -> tuple[ocp.CheckpointManager, dict | None]:
+    """Opens WORKDIR/checkpoints and restores the newest readable checkpoint (state None if
+    there is none). Unreadable newer ones are reported and moved aside.
+    Raises ConfigError (nothing to resume from) if every checkpoint is unreadable, leaving
+    them all in place.
+    """
+    manager = make_manager(workdir, cfg)
+    unreadable = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state = restore(manager, step, abstract_state, data_iter)
+        except Exception as err:
+            path = Path(manager.directory) / str(step)
+            print(
+                f"warning: checkpoint {path} is unreadable ({type(err).__name__}); "
+                "trying an older one",
+                file=sys.stderr,
+            )
+            unreadable.append(path)
+            continue
+        if unreadable:
+            manager.close()
+            _set_aside(unreadable)
+            manager = make_manager(workdir, cfg)
+        return manager, state
+    if unreadable:
+        raise ConfigError(
+            f"no readable checkpoint in {manager.directory} (unreadable: "
+            f"{', '.join(p.name for p in unreadable)}); left in place for inspection"
+        )
+    return manager, None
+
+
+def _set_aside(paths: list[Path]) -> None:
+    """Moves unreadable checkpoints to ../checkpoints_unreadable/ (never deletes them)."""
+    aside = paths[0].parent.parent / "checkpoints_unreadable"
+    aside.mkdir(exist_ok=True)
+    for path in paths:
+        shutil.move(str(path), str(aside / path.name))
+        print(f"warning: moved {path} to {aside / path.name}", file=sys.stderr)

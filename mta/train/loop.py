@@ -1,7 +1,8 @@
 """The training loop: data -> jitted train step -> metrics, evaluation and checkpoints.
 
-`train(cfg, workdir)` resumes from the newest checkpoint in the workdir if there is one, and then
-continues exactly as an uninterrupted run would (same batches, same updates).
+`train(cfg, workdir)` resumes from the newest readable checkpoint in the workdir if there is one,
+and then continues exactly as an uninterrupted run would (same batches, same updates).
+SIGTERM/SIGINT end the run after the current step with a checkpoint at that step.
 """
 
 import functools
@@ -11,11 +12,15 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import yaml
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
-from mta.config import Config, to_yaml
+from mta.config import Config, ConfigError, resume_diff, to_dict, to_yaml
 from mta.data import pipeline
 from mta.train import checkpoint
+from mta.train.faults import NonFiniteError, StopRequest
+from mta.train.health import LossSpikeDetector, peak_memory_mb
 from mta.train.mesh import batch_sharding, make_mesh, replicated
 from mta.train.metrics import MetricsWriter
 from mta.train.state import TrainSetup
@@ -37,6 +42,22 @@ def evaluate(setup: TrainSetup, params: dict, batches: list[dict]) -> dict:
     }
 
 
+def check_resume_config(cfg: Config, workdir: Path, allow_change: bool) -> None:
+    """Refuses (ConfigError) to resume a workdir whose saved config differs in anything but
+    harmless keys, unless allow_change, which reports the difference instead."""
+    saved_path = workdir / "config.yaml"
+    if not saved_path.exists() or not (workdir / "checkpoints").exists():
+        return
+    changes = resume_diff(yaml.safe_load(saved_path.read_text()), to_dict(cfg))
+    if changes and not allow_change:
+        raise ConfigError(
+            f"{workdir} was trained with another config ({'; '.join(changes)}); "
+            "use a new workdir, or --allow-config-change to resume anyway"
+        )
+    for change in changes:
+        print(f"warning: config changed on resume: {change}", file=sys.stderr)
+
+
 def _progress(cfg: Config, start: int):
     show = {"on": True, "off": False, "auto": sys.stderr.isatty()}[cfg.log.progress]
     return tqdm(
@@ -47,17 +68,47 @@ def _progress(cfg: Config, start: int):
     )
 
 
-def train(cfg: Config, workdir: str | Path, until_step: int | None = None) -> dict:
+def _any_process(flag: bool) -> bool:
+    """True on every process if `flag` is true on any (so all stop at the same step)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _train_record(metrics, steps: int, tokens: int, elapsed: float, spikes, step: int) -> dict:
+    """The metrics.jsonl record of a logged step: train metrics, speed, memory, warnings."""
+    metrics = jax.device_get(metrics)
+    record = {k: float(v) for k, v in metrics.items() if k != "finite_by_param"}
+    record["step_time_s"] = elapsed / steps
+    record["tokens_per_s"] = tokens / elapsed
+    record.update(peak_memory_mb())
+    warning = spikes.check(record["loss"])
+    if warning:
+        record["warning"] = warning
+        print(f"warning: step {step}: {warning}", file=sys.stderr)
+    return record
+
+
+def _nonfinite_message(step: int, params: dict, finite_by_param) -> str:
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    bad = [path for path, ok in zip(paths, np.asarray(finite_by_param), strict=True) if not ok]
+    where = f"; first non-finite gradient: params{bad[0]}" if bad else " (gradients finite)"
+    return f"loss or gradients are NaN/Inf at step {step}{where}; not checkpointed"
+
+
+def train(
+    cfg: Config, workdir: str | Path, until_step: int | None = None, allow_config_change=False
+) -> dict:
     """Trains to `cfg.train.steps` (or stops after `until_step`, saving a checkpoint there).
 
     Writes WORKDIR/config.yaml, metrics.jsonl, tensorboard/ and checkpoints/. Returns the last
-    logged metrics (with the final evaluation).
+    logged metrics (with the final evaluation), plus `stopped_by` (a signal name) if a signal
+    ended the run early. Raises ConfigError, NonFiniteError or CheckpointWriteError.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
-    if is_main:
-        (workdir / "config.yaml").write_text(to_yaml(cfg))
+    check_resume_config(cfg, workdir, allow_config_change)
 
     mesh = make_mesh(cfg.mesh)
     setup = TrainSetup(cfg, mesh)
@@ -76,57 +127,70 @@ def train(cfg: Config, workdir: str | Path, until_step: int | None = None) -> di
         builder, cfg.eval.split, seq_len, cfg.eval.num_examples, cfg.eval.batch_size
     )
 
-    manager = checkpoint.make_manager(workdir, cfg.checkpoint)
-    latest = manager.latest_step()
-    if latest is None:
+    manager, state = checkpoint.open_and_restore(
+        workdir, cfg.checkpoint, setup.abstract_state(), data_iter
+    )
+    if state is None:
         state = setup.init_state()
-    else:
-        state = checkpoint.restore(manager, latest, setup.abstract_state(), data_iter)
+    if is_main:
+        (workdir / "config.yaml").write_text(to_yaml(cfg))
     step = int(state["step"])
     last_step = min(cfg.train.steps, until_step or cfg.train.steps)
 
     data_sharding = batch_sharding(mesh)
     step_fn = jax.jit(
-        functools.partial(train_step, setup.graphdef, setup.optimizer, setup.schedule),
+        functools.partial(
+            train_step, setup.graphdef, setup.optimizer, setup.schedule, cfg.train.skip_nonfinite
+        ),
         in_shardings=(setup.shardings, data_sharding),
         out_shardings=(setup.shardings, replicated(mesh)),
         donate_argnums=0,
     )
     writer = MetricsWriter(workdir, step, cfg.log.tensorboard, is_main)
     progress = _progress(cfg, step)
+    spikes = LossSpikeDetector()
     record: dict = {}
-    tokens_since, time_since = 0, time.perf_counter()
+    steps_since, time_since = 0, time.perf_counter()
     try:
-        while step < last_step:
-            local = next(data_iter)
-            batch = {
-                k: jax.make_array_from_process_local_data(data_sharding, v)
-                for k, v in local.items()
-            }
-            state, metrics = step_fn(state, batch)
-            step += 1
-            tokens_since += cfg.train.batch_size * seq_len
-            progress.update(1)
-            is_eval = step == cfg.train.steps or (cfg.eval.every and step % cfg.eval.every == 0)
-            if step % cfg.log.every == 0 or is_eval or step == last_step:
-                metrics = jax.device_get(metrics)
-                elapsed = time.perf_counter() - time_since
-                record = {k: float(v) for k, v in metrics.items()}
-                record["tokens_per_s"] = tokens_since / elapsed
-                if is_eval:
-                    record.update(evaluate(setup, state["params"], eval_data))
-                writer.write(step, record)
-                progress.set_postfix(loss=f"{record['loss']:.4f}")
-                if not np.isfinite(record["loss"]):
-                    raise FloatingPointError(f"loss is {record['loss']} at step {step}")
-                tokens_since, time_since = 0, time.perf_counter()
-            if step % cfg.checkpoint.every == 0 or step == last_step:
-                checkpoint.save(manager, step, state, data_iter)
-        if "eval/exact_match_error" not in record:  # e.g. relaunched on a finished run
+        with StopRequest() as stop:
+            while step < last_step:
+                local = next(data_iter)
+                batch = {
+                    k: jax.make_array_from_process_local_data(data_sharding, v)
+                    for k, v in local.items()
+                }
+                state, metrics = step_fn(state, batch)
+                step += 1
+                steps_since += 1
+                progress.update(1)
+                if not cfg.train.skip_nonfinite and not bool(metrics["finite"]):
+                    raise NonFiniteError(
+                        _nonfinite_message(step, state["params"], metrics["finite_by_param"])
+                    )
+                is_eval = step == cfg.train.steps or (cfg.eval.every and step % cfg.eval.every == 0)
+                stopping = _any_process(stop.signum is not None)
+                if step % cfg.log.every == 0 or is_eval or step == last_step or stopping:
+                    elapsed = time.perf_counter() - time_since
+                    tokens = steps_since * cfg.train.batch_size * seq_len
+                    record = _train_record(metrics, steps_since, tokens, elapsed, spikes, step)
+                    if is_eval:
+                        record.update(evaluate(setup, state["params"], eval_data))
+                    writer.write(step, record)
+                    progress.set_postfix(loss=f"{record['loss']:.4f}")
+                    steps_since, time_since = 0, time.perf_counter()
+                if step % cfg.checkpoint.every == 0 or step == last_step or stopping:
+                    checkpoint.save(manager, step, state, data_iter)
+                if stopping:
+                    checkpoint.wait(manager)
+                    return {"step": step, **record, "stopped_by": stop.signum}
+        if "eval/exact_match_error" not in record:
             record.update(evaluate(setup, state["params"], eval_data))
+        checkpoint.wait(manager)
     finally:
         progress.close()
         writer.close()
-        manager.wait_until_finished()
-        manager.close()
+        try:
+            manager.close()
+        except Exception:  # a failed save was already raised by checkpoint.save/wait
+            pass
     return {"step": step, **record}

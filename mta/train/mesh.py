@@ -1,5 +1,7 @@
 """The device mesh and the mapping from parameters' logical axis names to mesh shardings."""
 
+import math
+
 import jax
 import numpy as np
 from flax import nnx
@@ -60,3 +62,16 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def check_batch(cfg) -> None:
+    """ConfigError unless the mesh fits the devices and the global batch splits evenly over the
+    batch shards and the processes."""
+    data, fsdp, _ = mesh_shape(cfg.mesh, jax.device_count())
+    multiple = math.lcm(data * fsdp, jax.process_count())
+    if cfg.train.batch_size % multiple:
+        raise ConfigError(
+            f"train.batch_size: {cfg.train.batch_size} does not divide evenly over the "
+            f"{data * fsdp} batch shards (mesh.data x mesh.fsdp) and {jax.process_count()} "
+            f"process(es); use a multiple of {multiple}"
+        )

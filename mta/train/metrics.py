@@ -10,8 +10,8 @@ def _number(value):
 
 
 class MetricsWriter:
-    """Appends records; on resume from step S, drops records of steps after S first (they will
-    be produced again, identically). Only process 0 writes."""
+    """Appends records; on resume from step S, first moves records of steps after S aside (the
+    run produces them again). Only process 0 writes."""
 
     def __init__(self, workdir: str | Path, resume_step: int, tensorboard: bool, enabled: bool):
         self.enabled = enabled
@@ -27,13 +27,16 @@ class MetricsWriter:
             self.tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
+        """Moves records of steps after `step` to metrics.rolled_back.jsonl (kept, not lost)."""
         if not self.path.exists():
             return
-        kept = [
-            line
-            for line in self.path.read_text().splitlines()
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line)["step"] <= step]
+        dropped = [line for line in lines if json.loads(line)["step"] > step]
+        if not dropped:
+            return
+        with (self.path.parent / "metrics.rolled_back.jsonl").open("a") as rolled_back:
+            rolled_back.writelines(line + "\n" for line in dropped)
         tmp = self.path.with_suffix(".jsonl.tmp")
         tmp.write_text("".join(line + "\n" for line in kept))
         os.replace(tmp, self.path)

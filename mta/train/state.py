@@ -52,6 +52,7 @@ class TrainSetup:
             "params": params_sh,
             "opt_state": _like_params(opt_abstract, params_sh, mesh),
             "step": NamedSharding(mesh, PartitionSpec()),
+            "skipped": NamedSharding(mesh, PartitionSpec()),
         }
 
     def _fresh_state(self) -> dict:
@@ -61,6 +62,7 @@ class TrainSetup:
             "params": params,
             "opt_state": self.optimizer.init(params),
             "step": jnp.zeros((), jnp.int32),
+            "skipped": jnp.zeros((), jnp.int32),  # non-finite updates skipped so far
         }
 
     def init_state(self) -> dict:

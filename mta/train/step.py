@@ -4,6 +4,8 @@ A batch is a dict of [B, T] arrays: `inputs` and `targets` (int32 tokens) and `w
 (float32, 1 where the loss counts: the answer tokens of a task, every real token of text).
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -27,15 +29,35 @@ def loss_and_metrics(graphdef, params, batch):
     return loss, {"loss": loss, "token_accuracy": correct.sum() / total}
 
 
-def train_step(graphdef, optimizer, schedule, state: dict, batch: dict):
-    """One optimizer update. state = {params, opt_state, step} -> (new state, metrics)."""
+def train_step(graphdef, optimizer, schedule, skip_nonfinite: bool, state: dict, batch: dict):
+    """One optimizer update. state = {params, opt_state, step, skipped} -> (new state, metrics).
+
+    metrics["finite"] says whether loss and gradients were finite and metrics["finite_by_param"]
+    ([num_params] bools, in tree-leaf order) which parameters' gradients were. With
+    skip_nonfinite a non-finite update is not applied and counted in state["skipped"].
+    """
     grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
     (_, metrics), grads = grad_fn(graphdef, state["params"], batch)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics["grad_norm"] = optax.global_norm(grads)
     metrics["lr"] = schedule(state["step"])
-    new_state = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    metrics["finite_by_param"] = jnp.stack([jnp.isfinite(g).all() for g in jax.tree.leaves(grads)])
+    finite = jnp.isfinite(metrics["loss"]) & metrics["finite_by_param"].all()
+    metrics["finite"] = finite
+    skipped = state["skipped"]
+    if skip_nonfinite:
+        keep_old = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+        params = keep_old(params, state["params"])
+        opt_state = keep_old(opt_state, state["opt_state"])
+        skipped = skipped + (~finite).astype(skipped.dtype)
+    metrics["skipped_nonfinite"] = skipped
+    new_state = {
+        "params": params,
+        "opt_state": opt_state,
+        "step": state["step"] + 1,
+        "skipped": skipped,
+    }
     return new_state, metrics
 
 
