@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mta.attention import decode as cached
 from mta.attention import (
     diff_head_norm,
     diff_lambda,
@@ -144,23 +145,29 @@ class Attention(nnx.Module):
         return None if param is None else param[...]
 
     def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
+        q_BTHD, k_BTKD, v_BTKD = self._qkv(x_BTE, positions_BT)
+        out_BTHD = multi_token_attention(
+            q_BTHD, k_BTKD, v_BTKD, **self._kernels(), segment_ids=segment_ids_BT, impl=self.impl
+        )
+        return self._output(out_BTHD)
+
+    def _qkv(self, x_BTE, positions_BT):
+        """Projections and RoPE: x [B, T, E] -> q [B, T, H, D], k, v [B, T, K, D]."""
         x = x_BTE.astype(self.dtype)
         q_BTHD = jnp.einsum("bte,ehd->bthd", x, self.wq[...].astype(self.dtype))
         k_BTKD = jnp.einsum("bte,ekd->btkd", x, self.wk[...].astype(self.dtype))
         v_BTKD = jnp.einsum("bte,ekd->btkd", x, self.wv[...].astype(self.dtype))
         q_BTHD = apply_rope(q_BTHD, positions_BT, self.rope_theta)
         k_BTKD = apply_rope(k_BTKD, positions_BT, self.rope_theta)
-        out_BTHD = multi_token_attention(
-            q_BTHD,
-            k_BTKD,
-            v_BTKD,
-            kq_pre=self._kernel("kq_pre"),
-            head_pre=self._kernel("head_pre"),
-            kq_post=self._kernel("kq_post"),
-            head_post=self._kernel("head_post"),
-            segment_ids=segment_ids_BT,
-            impl=self.impl,
-        )
+        return q_BTHD, k_BTKD, v_BTKD
+
+    def _kernels(self) -> dict:
+        """The MTA kernels this layer has (None for the absent ones)."""
+        names = ("kq_pre", "head_pre", "kq_post", "head_post")
+        return {name: self._kernel(name) for name in names}
+
+    def _output(self, out_BTHD):
+        """Group norm on the heads and the output projection: [B, T, H, D] -> [B, T, E]."""
         out_BTHD = self._group_norm(out_BTHD)
         return jnp.einsum("bthd,hde->bte", out_BTHD, self.wo[...].astype(self.dtype))
 
@@ -173,6 +180,24 @@ class Attention(nnx.Module):
             gate_BTH1 = jax.nn.sigmoid(normed @ self.gate_w[...] + self.gate_b[...])[..., None]
             return (normed * gate_BTH1).astype(out_BTHD.dtype)
         return (normed * self.depth_scale).astype(out_BTHD.dtype)
+
+    # ---- Cached decoding (mta/attention/decode.py; driven by mta/eval/generate.py) ----------
+
+    def prefill(self, x_BTE, lengths_B, max_len: int):
+        """Prompt pass: x [B, T, E] right-padded (row b's tokens at 0..lengths[b]-1)
+        -> ([B, T, E], LayerCache of max_len positions)."""
+        positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])
+        q_BTHD, k_BTKD, v_BTKD = self._qkv(x_BTE, positions_BT)
+        out_BTHD, cache = cached.prefill(
+            q_BTHD, k_BTKD, v_BTKD, lengths_B, max_len, **self._kernels()
+        )
+        return self._output(out_BTHD), cache
+
+    def decode(self, x_B1E, cache):
+        """One token per row at position cache.lengths: x [B, 1, E] -> ([B, 1, E], cache)."""
+        q_B1HD, k_B1KD, v_B1KD = self._qkv(x_B1E, cache.lengths[:, None])
+        out_B1HD, cache = cached.decode_step(q_B1HD, k_B1KD, v_B1KD, cache, **self._kernels())
+        return self._output(out_B1HD), cache
 
 
 class DiffAttention(nnx.Module):
@@ -207,28 +232,42 @@ class DiffAttention(nnx.Module):
         self.head_norm = nnx.Param(jnp.ones((2 * D,), jnp.float32), logical_axes=("norm",))
 
     def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
+        q, k, v = self._qkv(x_BTE, positions_BT)
+        out_BTHD = differential_attention(q, k, v, self._lambda(), segment_ids_BT)
+        return self._output(out_BTHD)
+
+    def _qkv(self, x_BTE, positions_BT):
+        """Projections and RoPE: q [B, T, 2H, D], k [B, T, 2K, D], v [B, T, K, 2D]."""
         x = x_BTE.astype(self.dtype)
-        q = apply_rope(
-            jnp.einsum("bte,ehd->bthd", x, self.wq[...].astype(self.dtype)),
-            positions_BT,
-            self.rope_theta,
-        )
-        k = apply_rope(
-            jnp.einsum("bte,ekd->btkd", x, self.wk[...].astype(self.dtype)),
-            positions_BT,
-            self.rope_theta,
-        )
+        q = jnp.einsum("bte,ehd->bthd", x, self.wq[...].astype(self.dtype))
+        k = jnp.einsum("bte,ekd->btkd", x, self.wk[...].astype(self.dtype))
         v = jnp.einsum("bte,ekd->btkd", x, self.wv[...].astype(self.dtype))
-        lam = diff_lambda(
-            self.lambda_q1[...],
-            self.lambda_k1[...],
-            self.lambda_q2[...],
-            self.lambda_k2[...],
-            self.lambda_init,
-        )
-        out_BTHD = differential_attention(q, k, v, lam, segment_ids_BT)
+        q = apply_rope(q, positions_BT, self.rope_theta)
+        return q, apply_rope(k, positions_BT, self.rope_theta), v
+
+    def _lambda(self):
+        lambdas = (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2)
+        return diff_lambda(*(p[...] for p in lambdas), self.lambda_init)
+
+    def _output(self, out_BTHD):
+        """Per-head norm scaled by (1 - lambda_init), output projection: -> [B, T, E]."""
         out_BTHD = diff_head_norm(out_BTHD, self.head_norm[...], self.lambda_init, self.eps)
         return jnp.einsum("bthd,hde->bte", out_BTHD, self.wo[...].astype(self.dtype))
+
+    # ---- Cached decoding (mta/attention/decode.py; driven by mta/eval/generate.py) ----------
+
+    def prefill(self, x_BTE, lengths_B, max_len: int):
+        """Prompt pass: x [B, T, E] right-padded -> ([B, T, E], LayerCache of max_len)."""
+        positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])
+        q, k, v = self._qkv(x_BTE, positions_BT)
+        out_BTHD, cache = cached.diff_prefill(q, k, v, self._lambda(), lengths_B, max_len)
+        return self._output(out_BTHD), cache
+
+    def decode(self, x_B1E, cache):
+        """One token per row at position cache.lengths: x [B, 1, E] -> ([B, 1, E], cache)."""
+        q, k, v = self._qkv(x_B1E, cache.lengths[:, None])
+        out_B1HD, cache = cached.diff_decode_step(q, k, v, cache, self._lambda())
+        return self._output(out_B1HD), cache
 
 
 class MLP(nnx.Module):
@@ -268,6 +307,20 @@ class Block(nnx.Module):
         x_BTE = x_BTE + self.attn(self.attn_norm(x_BTE), positions_BT, segment_ids_BT)
         return x_BTE + self.mlp(self.mlp_norm(x_BTE))
 
+    # ---- Cached decoding: the same block, with the attention layer's cache threaded through ----
+
+    def prefill(self, x_BTE, lengths_B, max_len: int):
+        """x [B, T, E] right-padded prompts -> ([B, T, E], LayerCache)."""
+        attn_BTE, cache = self.attn.prefill(self.attn_norm(x_BTE), lengths_B, max_len)
+        x_BTE = x_BTE + attn_BTE
+        return x_BTE + self.mlp(self.mlp_norm(x_BTE)), cache
+
+    def decode(self, x_B1E, cache):
+        """x [B, 1, E], one token per row -> ([B, 1, E], cache)."""
+        attn_B1E, cache = self.attn.decode(self.attn_norm(x_B1E), cache)
+        x_B1E = x_B1E + attn_B1E
+        return x_B1E + self.mlp(self.mlp_norm(x_B1E)), cache
+
 
 class Transformer(nnx.Module):
     """tokens [B, T] int -> logits [B, T, V] float32."""
@@ -296,13 +349,37 @@ class Transformer(nnx.Module):
             positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])
         for block in self.blocks:
             x_BTE = block(x_BTE, positions_BT, segment_ids_BT)
+        return self._logits(x_BTE)
+
+    # ---- Cached decoding (driven by mta/eval/generate.py) -------------------------------------
+
+    def prefill(self, tokens_BT, lengths_B, max_len: int):
+        """Prompt pass filling one cache per layer. tokens [B, T] right-padded: row b's prompt
+        is tokens[b, :lengths[b]] at positions 0..lengths[b]-1 (later entries are ignored).
+        -> (logits [B, T, V] float32, tuple of LayerCache with max_len positions)."""
+        x_BTE = self.embed[...].astype(self.cfg.compute_dtype)[tokens_BT]
+        caches = []
+        for block in self.blocks:
+            x_BTE, cache = block.prefill(x_BTE, lengths_B, max_len)
+            caches.append(cache)
+        return self._logits(x_BTE), tuple(caches)
+
+    def decode(self, tokens_B1, caches):
+        """One token per row, at position caches[l].lengths (RoPE included):
+        tokens [B, 1] -> (logits [B, 1, V] float32, updated caches)."""
+        x_B1E = self.embed[...].astype(self.cfg.compute_dtype)[tokens_B1]
+        new_caches = []
+        for block, cache in zip(self.blocks, caches, strict=True):
+            x_B1E, cache = block.decode(x_B1E, cache)
+            new_caches.append(cache)
+        return self._logits(x_B1E), tuple(new_caches)
+
+    def _logits(self, x_BTE):
+        """Final norm and unembedding: [B, T, E] -> [B, T, V] float32."""
         x_BTE = self.final_norm(x_BTE)
         unembed_EV = self.unembed[...] if hasattr(self, "unembed") else self.embed[...].T
         return jnp.einsum(
-            "bte,ev->btv",
-            x_BTE,
-            unembed_EV.astype(x_BTE.dtype),
-            preferred_element_type=jnp.float32,
+            "bte,ev->btv", x_BTE, unembed_EV.astype(x_BTE.dtype), preferred_element_type=jnp.float32
         )
 
 

@@ -1,5 +1,8 @@
 """Shared fixtures: a tiny config and a TFDS data dir built once per test session."""
 
+import os
+
+import jax
 import pytest
 
 from mta.config import load_config
@@ -25,6 +28,15 @@ TINY = [
     "eval.num_examples=32",
     "eval.batch_size=16",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache for the session, shared with the subprocesses the
+    tests launch (the same small programs are compiled by many of them)."""
+    path = str(tmp_path_factory.mktemp("jax_cache"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    jax.config.update("jax_compilation_cache_dir", path)
 
 
 @pytest.fixture(scope="session")

@@ -57,7 +57,7 @@ def multi_token_attention(
     if all(x is None for x in (kq_pre, head_pre, kq_post, head_post)):
         return causal_attention(q, k, v, segment_ids)
     num_queries, num_heads = q.shape[1], q.shape[2]
-    _check_kernels(num_heads, kq_pre, head_pre, kq_post, head_post)
+    check_kernels(num_heads, kq_pre, head_pre, kq_post, head_post)
     _check_segments(segment_ids, q.shape, k.shape)
     conv_pre_3d = head_pre is not None and jnp.ndim(head_pre) == 5
     mask_B1TS = causal_mask(num_queries, k.shape[1], segment_ids)
@@ -90,7 +90,7 @@ def multi_token_attention(
     return weight_values(weights_BHTS, v)
 
 
-def _check_kernels(num_heads, kq_pre, head_pre, kq_post, head_post) -> None:
+def check_kernels(num_heads, kq_pre, head_pre, kq_post, head_post) -> None:
     """Raises ValueError naming the first kernel whose shape does not fit H."""
     if kq_pre is not None:
         check_kq_kernel(kq_pre, num_heads, "kq_pre")

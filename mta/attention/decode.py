@@ -1,0 +1,238 @@
+"""Cached, incremental decoding: one new query row per step instead of the full T x T maps.
+
+A prompt pass (`prefill`) runs the dense path and fills a cache; each `decode_step` then computes
+only the new token's logit row against the cached keys, so every variant costs O(S) per token and
+layer, MTA included: its convolutions along queries read only the last c_q - 1 rows, which the
+cache keeps. `recompute_step` is the reference release's way (the full T x T maps every token),
+kept for benchmarks.
+
+Cache (`LayerCache`, a pytree; one per layer; S = S_max positions, rows oldest first):
+
+    k, v        [B, S, K, D]        keys and values of the kv heads; positions >= lengths are 0
+    lengths     [B] int32           tokens so far per row = position of the next token
+    logit_rows  [B, H, c_q - 1, S]  the last c_q - 1 zero-masked logit rows (pre-softmax conv input)
+    prob_rows   [B, H, c_q' - 1, S] the last c_q' - 1 probability rows (post-softmax conv input)
+
+A window has 0 rows when its conv is absent (c_q = 1 counts as absent). A row of a position
+before 0 is all zeros, which is what the dense conv's padding reads.
+
+Batches: prompts are right-padded; row b holds its tokens at positions 0..lengths[b]-1 and
+writes its next token at lengths[b]. Row b reads nothing at or beyond its own length (entries
+after the prompt are ignored), so batched rows equal the same prompts run one by one.
+
+Why the windows suffice (new query at position p, r = (c_k - 1) // 2):
+- pre conv: out[p, j] = sum_{a,b} theta[a, b] X[p - (c_q-1) + a, j - r + b] with X = mask_0(logits)
+  reads rows p-c_q+1..p only. For j <= p it may read keys j' = j - r + b > i' of an older row i';
+  X is 0 there, and the stored rows are zero-masked over their whole width, so they read 0 too.
+- post conv: reads probability rows p-c_q'+1..p at keys up to j + r'; a past row i' is 0 for
+  keys > i' (the softmax's mask), and the stored rows keep those zeros. The final mask_0 drops
+  j > p, so keys beyond p never matter. Head mixing acts per (query, key): per row.
+Hence prefill + steps reproduce the dense output at every position (up to float rounding).
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from einops import rearrange
+from jax import lax
+
+from mta.attention.conv import mix_heads
+from mta.attention.core import attention_logits, masked_softmax, weight_values
+from mta.attention.diff import differential_attention
+from mta.attention.mta import check_kernels, multi_token_attention
+
+
+class LayerCache(NamedTuple):
+    """The decoding state of one attention layer (layout in the module docstring)."""
+
+    k: jax.Array  # [B, S, K, D]
+    v: jax.Array  # [B, S, K, D]
+    lengths: jax.Array  # [B] int32
+    logit_rows: jax.Array  # [B, H, c_q - 1, S]
+    prob_rows: jax.Array  # [B, H, c_q' - 1, S]
+
+
+def prefill(
+    q, k, v, lengths, max_len: int, kq_pre=None, head_pre=None, kq_post=None, head_post=None
+):
+    """Prompt pass: the dense multi_token_attention plus the filled cache.
+
+    q [B, T, H, D], k/v [B, T, K, D]: right-padded prompts, row b's at positions 0..lengths[b]-1
+    (lengths [B] ints, 1 <= lengths <= T). Kernels as in multi_token_attention.
+    Returns (out [B, T, H, D] (rows past a prompt's length are meaningless), LayerCache with
+    max_len >= T positions).
+    """
+    check_kernels(q.shape[2], kq_pre, head_pre, kq_post, head_post)
+    out_BTHD = multi_token_attention(q, k, v, kq_pre, head_pre, kq_post, head_post)
+    lengths_B = jnp.asarray(lengths, jnp.int32)
+    k_BSKD, v_BSKD = _pad_to_cache(k, v, lengths_B, max_len)
+    n_pre, n_post = _pre_taps(kq_pre, head_pre) - 1, _post_taps(kq_post) - 1
+    # The last n_pre + n_post zero-masked logit rows: the post window's rows and, before them,
+    # the pre-conv rows they read. Positions before 0 give all-zero rows.
+    positions_BN = lengths_B[:, None] - (n_pre + n_post) + jnp.arange(n_pre + n_post)
+    index_BN11 = jnp.clip(positions_BN, 0, q.shape[1] - 1)[:, :, None, None]
+    q_BNHD = jnp.take_along_axis(q, index_BN11, axis=1)
+    mask_B1NS = _causal_rows_mask(positions_BN, max_len)
+    x_BHNS = jnp.where(mask_B1NS, attention_logits(q_BNHD, k_BSKD), 0.0)
+    logit_rows = x_BHNS[:, :, n_post:]
+    if n_post:
+        logits_BHNS = _pre_softmax(x_BHNS, kq_pre, head_pre)  # n_pre + n_post -> n_post rows
+        prob_rows = masked_softmax(logits_BHNS, mask_B1NS[:, :, n_pre:])
+    else:
+        prob_rows = jnp.zeros(x_BHNS.shape[:2] + (0, max_len), jnp.float32)
+    return out_BTHD, LayerCache(k_BSKD, v_BSKD, lengths_B, logit_rows, prob_rows)
+
+
+def decode_step(
+    q_B1HD,
+    k_B1KD,
+    v_B1KD,
+    cache: LayerCache,
+    kq_pre=None,
+    head_pre=None,
+    kq_post=None,
+    head_post=None,
+):
+    """One new token per row at position cache.lengths: -> (out [B, 1, H, D], updated cache).
+
+    q [B, 1, H, D], k/v [B, 1, K, D], already position-encoded. The caller keeps
+    lengths < S_max (a write at S_max would be clamped onto the last position).
+    Steps on the new row only: logits, mask_0, pre conv with the stored rows, head mixing,
+    mask_-inf + softmax, post conv with the stored probability rows, mixing, mask_0, times V.
+    """
+    check_kernels(q_B1HD.shape[2], kq_pre, head_pre, kq_post, head_post)
+    _check_windows(cache, _pre_taps(kq_pre, head_pre), _post_taps(kq_post))
+    cache = _append_kv(cache, k_B1KD, v_B1KD)
+    mask_B11S = _causal_rows_mask(cache.lengths[:, None], cache.k.shape[1])
+    x_BH1S = jnp.where(mask_B11S, attention_logits(q_B1HD, cache.k), 0.0)
+    x_BHQS = jnp.concatenate([cache.logit_rows, x_BH1S], axis=2)  # c_q rows, oldest first
+    logits_BH1S = _pre_softmax(x_BHQS, kq_pre, head_pre)
+    probs_BHQS = jnp.concatenate([cache.prob_rows, masked_softmax(logits_BH1S, mask_B11S)], 2)
+    weights_BH1S = _post_softmax(probs_BHQS, kq_post, head_post, mask_B11S)
+    out_B1HD = weight_values(weights_BH1S, cache.v)
+    return out_B1HD, cache._replace(
+        lengths=cache.lengths + 1, logit_rows=x_BHQS[:, :, 1:], prob_rows=probs_BHQS[:, :, 1:]
+    )
+
+
+def diff_prefill(q, k, v, lam, lengths, max_len: int):
+    """Prompt pass of differential attention: q [B,T,2H',D], k [B,T,2K',D], v [B,T,K',2D],
+    lam scalar or [H'], right-padded prompts of `lengths` [B] -> (out [B,T,H',2D], LayerCache)."""
+    out_BTHD = differential_attention(q, k, v, lam)
+    lengths_B = jnp.asarray(lengths, jnp.int32)
+    k_BSKD, v_BSKD = _pad_to_cache(k, v, lengths_B, max_len)
+    no_rows = jnp.zeros((q.shape[0], q.shape[2] // 2, 0, max_len), jnp.float32)
+    return out_BTHD, LayerCache(k_BSKD, v_BSKD, lengths_B, no_rows, no_rows)
+
+
+def diff_decode_step(q_B1HD, k_B1KD, v_B1KD, cache: LayerCache, lam):
+    """One differential-attention token per row: q [B,1,2H',D], k [B,1,2K',D], v [B,1,K',2D]
+    -> (out [B, 1, H', 2D], cache). Two softmax rows: (p1 - lam p2) @ v."""
+    cache = _append_kv(cache, k_B1KD, v_B1KD)
+    mask_B11S = _causal_rows_mask(cache.lengths[:, None], cache.k.shape[1])
+    q1_B1HD, q2_B1HD = rearrange(q_B1HD, "b t (h two) d -> two b t h d", two=2)
+    k1_BSKD, k2_BSKD = rearrange(cache.k, "b s (k two) d -> two b s k d", two=2)
+    probs1_BH1S = masked_softmax(attention_logits(q1_B1HD, k1_BSKD), mask_B11S)
+    probs2_BH1S = masked_softmax(attention_logits(q2_B1HD, k2_BSKD), mask_B11S)
+    lam_1H11 = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (q1_B1HD.shape[2],))
+    weights_BH1S = probs1_BH1S - lam_1H11[:, None, None] * probs2_BH1S
+    return weight_values(weights_BH1S, cache.v), cache._replace(lengths=cache.lengths + 1)
+
+
+def recompute_step(
+    q, k, v, lengths, kq_pre=None, head_pre=None, kq_post=None, head_post=None
+) -> jax.Array:
+    """The reference release's decoding, for benchmarks: the full dense T x T attention over
+    the whole sequence for every new token. q [B, T, H, D], k/v [B, T, K, D] right-padded,
+    lengths [B] -> the output at each row's last position lengths - 1: [B, 1, H, D]."""
+    out_BTHD = multi_token_attention(q, k, v, kq_pre, head_pre, kq_post, head_post)
+    last_B111 = (jnp.asarray(lengths) - 1)[:, None, None, None]
+    return jnp.take_along_axis(out_BTHD, last_B111, axis=1)
+
+
+def _pre_softmax(x_BHRS, kq_pre, head_pre):
+    """Pre conv (c_q taps: R rows -> the last R - c_q + 1, each reading its c_q - 1 predecessors)
+    and head mixing (per row) on zero-masked logit rows."""
+    if kq_pre is not None:
+        x_BHRS = _conv_rows(x_BHRS, rearrange(kq_pre, "h q k -> h 1 q k"), x_BHRS.shape[1])
+    if head_pre is not None and jnp.ndim(head_pre) == 5:  # 3-D conv: groups of c_h heads
+        kernel_OIQK = rearrange(head_pre, "n i o q k -> (n o) i q k")
+        x_BHRS = _conv_rows(x_BHRS, kernel_OIQK, head_pre.shape[0])
+    elif head_pre is not None:
+        x_BHRS = mix_heads(x_BHRS, head_pre)
+    return x_BHRS
+
+
+def _post_softmax(probs_BHRS, kq_post, head_post, mask):
+    """Post conv (R rows -> the last R - c_q' + 1), head mixing, then mask_0."""
+    if kq_post is not None:
+        kernel_OIQK = rearrange(kq_post, "h q k -> h 1 q k")
+        probs_BHRS = _conv_rows(probs_BHRS, kernel_OIQK, probs_BHRS.shape[1])
+    if head_post is not None:
+        probs_BHRS = mix_heads(probs_BHRS, head_post)
+    if kq_post is not None or head_post is not None:
+        probs_BHRS = jnp.where(mask, probs_BHRS, 0.0)
+    return probs_BHRS
+
+
+def _conv_rows(x_BCRS, kernel_OIQK, groups: int):
+    """The MTA cross-correlation without query padding: [B, C, R, S] -> [B, O, R - c_q + 1, S].
+    Output row t reads input rows t..t + c_q - 1 (the last is its own query); keys are centred."""
+    r = (kernel_OIQK.shape[3] - 1) // 2
+    return lax.conv_general_dilated(
+        x_BCRS.astype(jnp.float32),
+        kernel_OIQK.astype(jnp.float32),
+        window_strides=(1, 1),
+        padding=((0, 0), (r, r)),
+        dimension_numbers=("NCHW", "OIHW", "NCHW"),
+        feature_group_count=groups,
+        precision=lax.Precision.HIGHEST,
+    )
+
+
+def _causal_rows_mask(positions_BN, num_keys: int):
+    """Query rows at absolute positions [B, N] -> allowed keys [B, 1, N, S] (key j <= position)."""
+    return (jnp.arange(num_keys) <= positions_BN[:, :, None])[:, None]
+
+
+def _pad_to_cache(k_BTKD, v_BTKD, lengths_B, max_len: int):
+    """Prompt keys/values [B, T, K, D] -> [B, max_len, K, D], zero at positions >= lengths."""
+    num_tokens = k_BTKD.shape[1]
+    if max_len < num_tokens:
+        raise ValueError(f"max_len ({max_len}) must be at least the prompt length ({num_tokens})")
+    keep_BT11 = (jnp.arange(num_tokens) < lengths_B[:, None])[:, :, None, None]
+    pad = ((0, 0), (0, max_len - num_tokens), (0, 0), (0, 0))
+    return (jnp.pad(jnp.where(keep_BT11, x, 0), pad) for x in (k_BTKD, v_BTKD))
+
+
+def _append_kv(cache: LayerCache, k_B1KD, v_B1KD) -> LayerCache:
+    """Writes each row's new key/value at its position cache.lengths[b] (lengths unchanged)."""
+    write = jax.vmap(lambda buf, new, pos: lax.dynamic_update_slice_in_dim(buf, new, pos, 0))
+    k = write(cache.k, k_B1KD.astype(cache.k.dtype), cache.lengths)
+    v = write(cache.v, v_B1KD.astype(cache.v.dtype), cache.lengths)
+    return cache._replace(k=k, v=v)
+
+
+def _pre_taps(kq_pre, head_pre) -> int:
+    """c_q of the pre-softmax conv (kq_pre or a 3-D head_pre), 1 without one."""
+    if kq_pre is not None:
+        return jnp.shape(kq_pre)[1]
+    if head_pre is not None and jnp.ndim(head_pre) == 5:
+        return jnp.shape(head_pre)[3]
+    return 1
+
+
+def _post_taps(kq_post) -> int:
+    """c_q' of the post-softmax conv, 1 without one."""
+    return 1 if kq_post is None else jnp.shape(kq_post)[1]
+
+
+def _check_windows(cache: LayerCache, c_pre: int, c_post: int) -> None:
+    """Raises ValueError unless the cache's windows fit the kernels (c - 1 rows each)."""
+    got = (cache.logit_rows.shape[2], cache.prob_rows.shape[2])
+    if got != (c_pre - 1, c_post - 1):
+        raise ValueError(
+            f"cache windows hold {got} (logit, probability) rows but the kernels need "
+            f"({c_pre - 1}, {c_post - 1}); build the cache with prefill using the same kernels"
+        )
