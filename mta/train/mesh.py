@@ -45,11 +45,21 @@ def logical_to_spec(axes: tuple, rules: dict) -> PartitionSpec:
 
 
 def param_shardings(abstract_state: nnx.State, mesh: Mesh, rules: dict) -> dict:
-    """NamedShardings for a model state (with `logical_axes` metadata), as a pure dict."""
+    """NamedShardings for a model state (with `logical_axes` metadata), as a pure dict.
+
+    A dimension whose size the mapped mesh axis does not divide (e.g. the byte vocabulary of
+    259 over 2 tensor shards) stays replicated.
+    """
 
     def sharding(variable):
-        axes = getattr(variable, "logical_axes", None) or (None,) * variable.value.ndim
-        return NamedSharding(mesh, logical_to_spec(axes, rules))
+        shape = variable.value.shape
+        axes = getattr(variable, "logical_axes", None) or (None,) * len(shape)
+        spec = logical_to_spec(axes, rules)
+        spec = [
+            axis if axis is None or size % mesh.shape[axis] == 0 else None
+            for axis, size in zip(spec, shape, strict=True)
+        ]
+        return NamedSharding(mesh, PartitionSpec(*spec))
 
     specs = jax.tree.map(sharding, abstract_state, is_leaf=lambda x: isinstance(x, nnx.Variable))
     return nnx.State(specs).to_pure_dict()
