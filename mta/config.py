@@ -85,10 +85,15 @@ class BlockTaskConfig:
 
 @dataclass
 class DataConfig:
-    task: str = "block"  # block | text (the text corpus pipeline is not built yet)
+    task: str = "block"  # block | mqar | niah | babi | vartrack | text
     data_dir: str = "~/tensorflow_datasets"  # where TFDS builds and reads datasets
-    seq_len: int = 2048  # tokens per training sequence of text (the block task sets its own)
+    seq_len: int = 2048  # tokens per training row (the block task sets its own)
+    packing: str = "pad"  # pad (one example per row) | pack (first-fit, with segment ids)
+    too_long: str = "drop"  # an example longer than seq_len: drop | truncate (text is chunked)
     block: BlockTaskConfig = field(default_factory=BlockTaskConfig)
+    # Builder parameters of the other tasks, e.g. {num_needles: 2, length: 1024} for niah
+    # (see mta/data/tfds_<task>.py: <task>_config).
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -169,7 +174,9 @@ CHOICES = {
     "model.attention.group_norm": ("none", "gating", "depth_scaling"),
     "model.attention.kernel_init": ("identity", "constant", "zero", "uniform"),
     "model.compute_dtype": ("float32", "bfloat16"),
-    "data.task": ("block", "text"),
+    "data.task": ("block", "mqar", "niah", "babi", "vartrack", "text"),
+    "data.packing": ("pad", "pack"),
+    "data.too_long": ("drop", "truncate"),
     "data.block.variant": ("all", "first", "last"),
     "train.schedule": ("constant", "linear", "cosine"),
     "log.progress": ("auto", "on", "off"),

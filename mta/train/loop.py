@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import grain
 import jax
 import numpy as np
 import yaml
@@ -115,16 +116,23 @@ def train(
     builder = pipeline.prepare(cfg.data)
     seq_len = pipeline.sequence_length(cfg.data)
     train_ds = pipeline.train_dataset(
-        builder,
+        pipeline.split_source(builder, cfg.data, "train", seq_len),
+        cfg.data,
         seq_len,
         cfg.train.batch_size,
         cfg.train.seed,
         jax.process_index(),
         jax.process_count(),
     )
-    data_iter = iter(train_ds.to_iter_dataset())
+    if isinstance(train_ds, grain.MapDataset):
+        train_ds = train_ds.to_iter_dataset()
+    data_iter = iter(train_ds)
     eval_data = pipeline.eval_batches(
-        builder, cfg.eval.split, seq_len, cfg.eval.num_examples, cfg.eval.batch_size
+        pipeline.split_source(builder, cfg.data, cfg.eval.split, seq_len),
+        seq_len,
+        cfg.eval.num_examples,
+        cfg.eval.batch_size,
+        cfg.data.too_long,
     )
 
     manager, state = checkpoint.open_and_restore(

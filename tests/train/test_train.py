@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 from mta.train.loop import train
@@ -34,8 +35,13 @@ def test_golden_losses(tiny_config, tmp_path):
     np.testing.assert_allclose(got, GOLDEN_LOSSES, rtol=2e-5)
 
 
-def test_resume_is_bitwise_identical(tiny_config, tmp_path):
-    cfg = tiny_config("checkpoint.every=100")
+@pytest.mark.parametrize(
+    "data",
+    [[], ["data.task=text", "data.packing=pack", "data.seq_len=32"]],
+    ids=["block", "packed"],
+)
+def test_resume_is_bitwise_identical(tiny_config, tmp_path, data):
+    cfg = tiny_config("checkpoint.every=100", *data)
     train(cfg, tmp_path / "straight")
     train(cfg, tmp_path / "resumed", until_step=3)
     assert sorted(p.name for p in (tmp_path / "resumed/checkpoints").iterdir()) == ["3"]
