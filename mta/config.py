@@ -65,6 +65,7 @@ class ModelConfig:
     init_std: float = 0.02
     scale_output_init: bool = False  # divide output projections' init std by sqrt(2 * layers)
     compute_dtype: str = "float32"  # float32 | bfloat16 (parameters stay float32)
+    remat: str = "none"  # none | block | attention: recompute these in the backward pass
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 
@@ -111,6 +112,7 @@ class TrainConfig:
     eps: float = 1e-8
     clip_norm: float = 1.0  # global-norm clipping; 0 disables it
     skip_nonfinite: bool = False  # skip (and count) updates with NaN/Inf instead of stopping
+    grad_accum: int = 1  # micro-batches per step (gradient accumulation)
 
 
 @dataclass
@@ -174,6 +176,7 @@ CHOICES = {
     "model.attention.group_norm": ("none", "gating", "depth_scaling"),
     "model.attention.kernel_init": ("identity", "constant", "zero", "uniform"),
     "model.compute_dtype": ("float32", "bfloat16"),
+    "model.remat": ("none", "block", "attention"),
     "data.task": ("block", "mqar", "niah", "babi", "vartrack", "text"),
     "data.packing": ("pad", "pack"),
     "data.too_long": ("drop", "truncate"),
@@ -204,6 +207,7 @@ POSITIVE = (
     "data.block.num_test",
     "train.steps",
     "train.batch_size",
+    "train.grad_accum",
     "checkpoint.every",
     "checkpoint.keep",
     "log.every",

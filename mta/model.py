@@ -302,9 +302,13 @@ class Block(nnx.Module):
         self.attn = attention(cfg, layer, rngs)
         self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.mlp = MLP(cfg, rngs)
+        self.remat = cfg.remat
 
     def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
-        x_BTE = x_BTE + self.attn(self.attn_norm(x_BTE), positions_BT, segment_ids_BT)
+        attention = type(self.attn).__call__
+        if self.remat == "attention":  # keep only the attention's inputs for the backward pass
+            attention = nnx.remat(attention)
+        x_BTE = x_BTE + attention(self.attn, self.attn_norm(x_BTE), positions_BT, segment_ids_BT)
         return x_BTE + self.mlp(self.mlp_norm(x_BTE))
 
     # ---- Cached decoding: the same block, with the attention layer's cache threaded through ----
@@ -347,8 +351,9 @@ class Transformer(nnx.Module):
         Positions default to 0..T-1 (with segment_ids, give each document's own positions)."""
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])
+        block_fn = nnx.remat(Block.__call__) if self.cfg.remat == "block" else Block.__call__
         for block in self.blocks:
-            x_BTE = block(x_BTE, positions_BT, segment_ids_BT)
+            x_BTE = block_fn(block, x_BTE, positions_BT, segment_ids_BT)
         return self._logits(x_BTE)
 
     # ---- Cached decoding (driven by mta/eval/generate.py) -------------------------------------

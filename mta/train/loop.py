@@ -147,9 +147,7 @@ def train(
 
     data_sharding = batch_sharding(mesh)
     step_fn = jax.jit(
-        functools.partial(
-            train_step, setup.graphdef, setup.optimizer, setup.schedule, cfg.train.skip_nonfinite
-        ),
+        functools.partial(train_step, setup.graphdef, setup.optimizer, setup.schedule, cfg.train),
         in_shardings=(setup.shardings, data_sharding),
         out_shardings=(setup.shardings, replicated(mesh)),
         donate_argnums=0,

@@ -78,10 +78,11 @@ def check_batch(cfg) -> None:
     """ConfigError unless the mesh fits the devices and the global batch splits evenly over the
     batch shards and the processes."""
     data, fsdp, _ = mesh_shape(cfg.mesh, jax.device_count())
-    multiple = math.lcm(data * fsdp, jax.process_count())
+    multiple = math.lcm(data * fsdp * cfg.train.grad_accum, jax.process_count())
     if cfg.train.batch_size % multiple:
         raise ConfigError(
-            f"train.batch_size: {cfg.train.batch_size} does not divide evenly over the "
-            f"{data * fsdp} batch shards (mesh.data x mesh.fsdp) and {jax.process_count()} "
-            f"process(es); use a multiple of {multiple}"
+            f"train.batch_size: {cfg.train.batch_size} does not divide evenly over "
+            f"{cfg.train.grad_accum} micro-batch(es) (train.grad_accum) of {data * fsdp} batch "
+            f"shards (mesh.data x mesh.fsdp) and {jax.process_count()} process(es); use a "
+            f"multiple of {multiple}"
         )

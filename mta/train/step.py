@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from mta.config import TrainConfig
+
 
 def forward(graphdef: nnx.GraphDef, params: dict, batch: dict) -> jax.Array:
     """Logits [B, T, V] float32 of the model `graphdef` with `params` on `batch['inputs']`."""
@@ -18,26 +20,47 @@ def forward(graphdef: nnx.GraphDef, params: dict, batch: dict) -> jax.Array:
     return model(batch["inputs"], batch.get("positions"), batch.get("segment_ids"))
 
 
-def loss_and_metrics(graphdef, params, batch):
-    """Weighted mean cross-entropy over the target tokens, and token accuracy."""
+def loss_and_metrics(graphdef, params, batch, total_weight=None):
+    """Weighted cross-entropy over the target tokens divided by `total_weight` (default: this
+    batch's weight, i.e. the mean), and token accuracy on the same scale."""
     logits_BTV = forward(graphdef, params, batch)
     weights = batch["weights"].astype(jnp.float32)
     token_loss = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
-    total = jnp.maximum(weights.sum(), 1.0)
-    loss = (token_loss * weights).sum() / total
+    if total_weight is None:
+        total_weight = jnp.maximum(weights.sum(), 1.0)
+    loss = (token_loss * weights).sum() / total_weight
     correct = (logits_BTV.argmax(-1) == batch["targets"]) * weights
-    return loss, {"loss": loss, "token_accuracy": correct.sum() / total}
+    return loss, {"loss": loss, "token_accuracy": correct.sum() / total_weight}
 
 
-def train_step(graphdef, optimizer, schedule, skip_nonfinite: bool, state: dict, batch: dict):
+def gradients(graphdef, params, batch, micro_batches: int):
+    """(metrics, grads) of the batch's mean loss, summed over `micro_batches` sequential slices
+    of the batch (gradient accumulation: the same result with 1/micro_batches the activations)."""
+    grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
+    total = jnp.maximum(batch["weights"].astype(jnp.float32).sum(), 1.0)
+    if micro_batches == 1:
+        (_, metrics), grads = grad_fn(graphdef, params, batch, total)
+        return metrics, grads
+    # [B, ...] -> [micro_batches, B / micro_batches, ...]
+    split = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+
+    def accumulate(carry, micro):
+        (_, metrics), grads = grad_fn(graphdef, params, micro, total)
+        return jax.tree.map(jnp.add, carry, (metrics, grads)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, ({"loss": total, "token_accuracy": total}, params))
+    (metrics, grads), _ = jax.lax.scan(accumulate, zeros, split)
+    return metrics, grads
+
+
+def train_step(graphdef, optimizer, schedule, cfg: TrainConfig, state: dict, batch: dict):
     """One optimizer update. state = {params, opt_state, step, skipped} -> (new state, metrics).
 
     metrics["finite"] says whether loss and gradients were finite and metrics["finite_by_param"]
     ([num_params] bools, in tree-leaf order) which parameters' gradients were. With
-    skip_nonfinite a non-finite update is not applied and counted in state["skipped"].
+    cfg.skip_nonfinite a non-finite update is not applied and counted in state["skipped"].
     """
-    grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
-    (_, metrics), grads = grad_fn(graphdef, state["params"], batch)
+    metrics, grads = gradients(graphdef, state["params"], batch, cfg.grad_accum)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics["grad_norm"] = optax.global_norm(grads)
@@ -46,7 +69,7 @@ def train_step(graphdef, optimizer, schedule, skip_nonfinite: bool, state: dict,
     finite = jnp.isfinite(metrics["loss"]) & metrics["finite_by_param"].all()
     metrics["finite"] = finite
     skipped = state["skipped"]
-    if skip_nonfinite:
+    if cfg.skip_nonfinite:
         keep_old = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
         params = keep_old(params, state["params"])
         opt_state = keep_old(opt_state, state["opt_state"])
