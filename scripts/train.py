@@ -10,6 +10,7 @@ written; 130 after SIGINT (Ctrl-C), with a checkpoint at the stop step.
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -36,11 +37,52 @@ def parse_args(argv):
         action="store_true",
         help="resume a workdir even though model/data/optimizer keys differ (logs the diff)",
     )
+    group = parser.add_argument_group(
+        "multi-process (one process per host; or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,"
+        " JAX_PROCESS_ID)"
+    )
+    group.add_argument("--coordinator", help="host:port of process 0")
+    group.add_argument("--num-processes", type=int)
+    group.add_argument("--process-id", type=int)
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() and let it detect the cluster (TPU pods, SLURM)",
+    )
     parser.add_argument("overrides", nargs="*", help="dotted overrides like train.steps=200")
     args = parser.parse_args(argv)
     if not args.dry_run and not args.workdir:
         parser.error("--workdir is required (or use --dry-run)")
     return args
+
+
+def init_distributed(args) -> None:
+    """Joins the multi-process JAX runtime when launched as several processes."""
+    import jax
+
+    explicit = {
+        "coordinator_address": args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        "num_processes": args.num_processes or _env_int("JAX_NUM_PROCESSES"),
+        "process_id": args.process_id
+        if args.process_id is not None
+        else _env_int("JAX_PROCESS_ID"),
+    }
+    given = {k: v for k, v in explicit.items() if v is not None}
+    if not given and not args.distributed:
+        return
+    if given and len(given) < 3:
+        missing = ", ".join(k for k in explicit if k not in given)
+        raise ConfigError(
+            f"multi-process launch needs --coordinator, --num-processes and "
+            f"--process-id; missing: {missing}"
+        )
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only used on CPU
+    jax.distributed.initialize(**given)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return None if value is None else int(value)
 
 
 def load(args):
@@ -96,6 +138,7 @@ def run(args, cfg) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        init_distributed(args)
         cfg = load(args)
         if args.dry_run:
             print(json.dumps(dry_run(cfg), indent=1))
