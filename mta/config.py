@@ -35,7 +35,7 @@ class AttentionConfig:
     """Attention variant. With every MTA part off this is standard causal attention."""
 
     kind: str = "softmax"  # softmax (baseline, talking heads, MTA) | diff (DIFF Transformer)
-    impl: str = "dense"  # dense | blockwise
+    impl: str = "dense"  # dense | blockwise (O(T) memory) | auto (blockwise for long inputs)
     kq_pre: KQConvConfig = field(default_factory=KQConvConfig)
     kq_post: KQConvConfig = field(default_factory=KQConvConfig)
     # Layers with key-query convolution: "all", an explicit list of 0-based layers like
@@ -170,7 +170,7 @@ class Config:
 
 CHOICES = {
     "model.attention.kind": ("softmax", "diff"),
-    "model.attention.impl": ("dense", "blockwise"),
+    "model.attention.impl": ("dense", "blockwise", "auto"),
     "model.attention.head_pre": ("none", "linear", "grouped", "conv3d"),
     "model.attention.head_post": ("none", "grouped"),
     "model.attention.group_norm": ("none", "gating", "depth_scaling"),

@@ -1,5 +1,6 @@
 """Pure attention functions over arrays (no Flax, no config objects)."""
 
+from mta.attention.blockwise import multi_token_attention_blockwise
 from mta.attention.conv import conv3d_heads, key_query_conv, mix_heads
 from mta.attention.core import causal_attention
 from mta.attention.diff import (
@@ -20,4 +21,5 @@ __all__ = [
     "key_query_conv",
     "mix_heads",
     "multi_token_attention",
+    "multi_token_attention_blockwise",
 ]

@@ -12,6 +12,7 @@ forward pass a caller must pass at least the c_q - 1 preceding queries as well.
 import jax
 import jax.numpy as jnp
 
+from mta.attention.blockwise import multi_token_attention_blockwise
 from mta.attention.conv import (
     check_head_kernel,
     check_kq_kernel,
@@ -27,7 +28,8 @@ from mta.attention.core import (
     weight_values,
 )
 
-IMPLS = ("dense",)  # "blockwise" arrives with mta/attention/blockwise.py
+IMPLS = ("dense", "blockwise", "auto")
+AUTO_BLOCKWISE_MIN_KEYS = 1024  # impl="auto" takes the blockwise path from this many keys S on
 
 
 def multi_token_attention(
@@ -50,10 +52,16 @@ def multi_token_attention(
     head_post: [H//c_h, c_h, c_h] grouped (or [H, H] linear) weight mixing, or None.
     segment_ids: [B, T] document ids (needs S == T); attention and convolutions stay inside a
                document, so a packed row equals its documents run separately.
-    impl:      "dense" (the only one so far).
+    impl:      "dense" (this function), "blockwise" (blockwise.py: O(T) memory, same result) or
+               "auto" (blockwise when S >= AUTO_BLOCKWISE_MIN_KEYS, else dense).
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = "blockwise" if k.shape[1] >= AUTO_BLOCKWISE_MIN_KEYS else "dense"
+    if impl == "blockwise":
+        kernels = dict(kq_pre=kq_pre, head_pre=head_pre, kq_post=kq_post, head_post=head_post)
+        return multi_token_attention_blockwise(q, k, v, **kernels, segment_ids=segment_ids)
     if all(x is None for x in (kq_pre, head_pre, kq_post, head_post)):
         return causal_attention(q, k, v, segment_ids)
     num_queries, num_heads = q.shape[1], q.shape[2]

@@ -381,8 +381,7 @@ def _small():
         ({"head_post": jnp.ones((2, 2, 2, 1, 1))}, "head_post"),
         ({"head_post": jnp.ones((1, 3, 3))}, "head_post"),
         ({"kq_pre": jnp.ones((4, 1, 1)), "head_pre": jnp.ones((2, 2, 2, 1, 1))}, "replaces kq_pre"),
-        ({"kq_pre": jnp.ones((4, 1, 1)), "impl": "blockwise"}, "dense"),
-        ({"impl": "blockwise"}, "dense"),
+        ({"kq_pre": jnp.ones((4, 1, 1)), "impl": "flash"}, "impl must be one of"),
         ({"kq_pre": jnp.ones((4, 1, 1)), "segment_ids": jnp.zeros((1, 3), jnp.int32)}, "segment"),
     ],
 )
