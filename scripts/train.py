@@ -123,9 +123,12 @@ def run(args, cfg) -> int:
         print(f"error: {err}", file=sys.stderr)
         return faults.EXIT_SAVE_FAILED
     print(json.dumps(result))
-    if result.get("stopped_by") is not None:
-        print(f"stopped at step {result['step']} with a checkpoint there", file=sys.stderr)
-        return faults.EXIT_SIGINT if result["stopped_by"] == 2 else 0
+    if "stopped_by" in result:
+        print(
+            f"stopped at step {result['step']} ({result['stopped_by']}) with a checkpoint there",
+            file=sys.stderr,
+        )
+        return faults.EXIT_SIGINT if result["stopped_by"] == "SIGINT" else 0
     print(
         f"step {result['step']}: exact-match error {result['eval/exact_match_error']:.1f}% on "
         f"{result['eval/examples']} {cfg.eval.split} examples; metrics in "

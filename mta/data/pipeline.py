@@ -15,7 +15,9 @@ p, p + P, ... of the shuffled stream when packing.
 import os
 
 import grain
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from mta.config import ConfigError, DataConfig
 from mta.data import block_task
@@ -38,7 +40,17 @@ def _builders():
 
 
 def prepare(cfg: DataConfig):
-    """Builds (once) and returns the TFDS builder of the configured task."""
+    """Builds (once) and returns the TFDS builder of the configured task. With several
+    processes, process 0 builds while the others wait, then they all open the build."""
+    if jax.process_count() == 1:
+        return _prepare(cfg)
+    if jax.process_index() == 0:
+        _prepare(cfg)
+    multihost_utils.sync_global_devices("mta dataset built")
+    return _prepare(cfg)
+
+
+def _prepare(cfg: DataConfig):
     data_dir = os.path.expanduser(cfg.data_dir)
     if cfg.task == "block":
         from mta.data import tfds_block_task

@@ -47,5 +47,6 @@ class StopRequest:
             signal.signal(signum, handler)
 
     @property
-    def exit_code(self) -> int:
-        return EXIT_SIGINT if self.signum == signal.SIGINT else 0
+    def signal_name(self) -> str:
+        """SIGTERM or SIGINT, or 'another process' (it stops because a peer was signalled)."""
+        return signal.Signals(self.signum).name if self.signum else "another process"

@@ -103,8 +103,9 @@ def train(
     """Trains to `cfg.train.steps` (or stops after `until_step`, saving a checkpoint there).
 
     Writes WORKDIR/config.yaml, metrics.jsonl, tensorboard/ and checkpoints/. Returns the last
-    logged metrics (with the final evaluation), plus `stopped_by` (a signal name) if a signal
-    ended the run early. Raises ConfigError, NonFiniteError or CheckpointWriteError.
+    logged metrics (with the final evaluation), plus `stopped_by` if a signal ended the run early
+    (the signal's name, or "another process" when it reached another host).
+    Raises ConfigError, NonFiniteError or CheckpointWriteError.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -188,7 +189,7 @@ def train(
                     checkpoint.save(manager, step, state, data_iter)
                 if stopping:
                     checkpoint.wait(manager)
-                    return {"step": step, **record, "stopped_by": stop.signum}
+                    return {"step": step, **record, "stopped_by": stop.signal_name}
         if "eval/exact_match_error" not in record:
             record.update(evaluate(setup, state["params"], eval_data))
         checkpoint.wait(manager)

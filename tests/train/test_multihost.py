@@ -2,9 +2,11 @@
 each reading its own share of every batch, and agree on the checkpoint."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,3 +72,38 @@ def test_two_processes_match_one_process_with_two_devices(tiny_overrides, tmp_pa
     got = [r["loss"] for r in read_metrics(tmp_path / "multi")]  # written by process 0 only
     np.testing.assert_allclose(got, expected, rtol=2e-5)
     assert sorted(p.name for p in (tmp_path / "multi/checkpoints").iterdir()) == ["3", "4"]
+
+
+def test_a_signal_to_one_process_stops_all_at_the_same_step(tiny_overrides, tmp_path):
+    port = free_port()
+    long_run = [*tiny_overrides, "checkpoint.every=1000"]
+    processes = [
+        subprocess.Popen(
+            command(
+                tmp_path,
+                long_run,
+                "train.steps=100000",
+                f"--coordinator=127.0.0.1:{port}",
+                "--num-processes=2",
+                f"--process-id={pid}",
+            ),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for pid in (0, 1)
+    ]
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        exited = [p for p in processes if p.poll() is not None]
+        assert not exited, exited[0].communicate()[1]
+        assert time.time() < deadline
+        time.sleep(0.1)
+    processes[1].send_signal(signal.SIGTERM)  # pre-empt one host only
+    outputs = [p.communicate(timeout=300) for p in processes]
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr
+    stop_step = read_metrics(tmp_path)[-1]["step"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [str(stop_step)]
