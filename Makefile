@@ -16,7 +16,7 @@ train: $(STAMP)
 	$(PY) scripts/train.py --config configs/toy/block_mta_cpu.yaml --workdir runs/quickstart
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests  # two workers: the 2-core machine's tests wait on compiles
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check mta scripts tests

@@ -1,6 +1,7 @@
 """The suite's metric functions on hand-made predictions with known scores."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -87,3 +88,11 @@ def test_summary_averages_primary_metrics():
         "block/exact_match_error": 20.0,
         "perplexity/perplexity": 4.0,  # the overall one, not a mean over buckets
     }
+
+
+@pytest.mark.parametrize("name", ["long_context", "tiny"])
+def test_shipped_suites_load_and_validate_every_grid_point(name):
+    from mta.eval.suite import load_suite
+
+    suite = load_suite(Path(__file__).resolve().parents[2] / f"configs/eval/{name}.yaml")
+    assert suite.tasks
