@@ -18,6 +18,8 @@ from mta.attention import mta as mta_module
 from mta.attention.blockwise import multi_token_attention_blockwise
 from mta.attention.mta import multi_token_attention
 
+from .kernels import random_kernels
+
 RTOL, ATOL = 1e-5, 1e-5
 
 
@@ -89,30 +91,6 @@ COMBOS = [
 ]
 
 
-def _kernels(combo: Combo, rng):
-    """Random non-identity kernels as numpy float32, keyed by multi_token_attention's names."""
-    h = combo.heads
-
-    def draw(*shape):
-        return rng.normal(scale=0.5, size=shape).astype(np.float32)
-
-    kernels = {}
-    if combo.pre is not None:
-        kernels["kq_pre"] = draw(h, *combo.pre)
-    if combo.head_pre == "linear":
-        kernels["head_pre"] = draw(h, h)
-    elif isinstance(combo.head_pre, tuple):
-        _, c_h, c_q, c_k = combo.head_pre
-        kernels["head_pre"] = draw(h // c_h, c_h, c_h, c_q, c_k)
-    elif combo.head_pre is not None:
-        kernels["head_pre"] = draw(h // combo.head_pre, combo.head_pre, combo.head_pre)
-    if combo.post is not None:
-        kernels["kq_post"] = draw(h, *combo.post)
-    if combo.head_post is not None:
-        kernels["head_post"] = draw(h // combo.head_post, combo.head_post, combo.head_post)
-    return kernels
-
-
 def _inputs(combo: Combo, seed: int = 0):
     """q, k, v, kernels, segment_ids ([B, T] or None) and an output cotangent."""
     rng = np.random.default_rng(seed)
@@ -127,7 +105,7 @@ def _inputs(combo: Combo, seed: int = 0):
         segment_ids = segment_ids.astype(np.int32)
         assert segment_ids.shape == (batch, combo.num_t)
     cotangent = rng.normal(size=q.shape).astype(np.float32)
-    return q, k, v, _kernels(combo, rng), segment_ids, cotangent
+    return q, k, v, random_kernels(combo, rng), segment_ids, cotangent
 
 
 def _out_and_grads(attend, args, segment_ids, cotangent):

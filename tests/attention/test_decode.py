@@ -20,6 +20,8 @@ from mta.attention.decode import (
     recompute_step,
 )
 
+from .kernels import random_kernels
+
 MAX_REL_ERR = 1e-5
 LENGTHS = np.array([2, 5, 3, 1])  # prompt length per row; T = 5
 NUM_STEPS = 6  # decode steps after the prompt; sequences are max(LENGTHS) + NUM_STEPS long
@@ -58,30 +60,6 @@ COMBOS = [
     Combo("talking_heads", head_pre=4, head_post=4),
     Combo("plain_gqa", kv_heads=2),
 ]
-
-
-def _kernels(combo: Combo, rng) -> dict:
-    """Random (non-identity) kernels for the parts the combination uses, float32."""
-    h = combo.heads
-
-    def draw(*shape):
-        return rng.normal(scale=0.5, size=shape).astype(np.float32)
-
-    kernels = {}
-    if combo.pre is not None:
-        kernels["kq_pre"] = draw(h, *combo.pre)
-    if combo.head_pre == "linear":
-        kernels["head_pre"] = draw(h, h)
-    elif isinstance(combo.head_pre, tuple):
-        _, c_h, c_q, c_k = combo.head_pre
-        kernels["head_pre"] = draw(h // c_h, c_h, c_h, c_q, c_k)
-    elif combo.head_pre is not None:
-        kernels["head_pre"] = draw(h // combo.head_pre, combo.head_pre, combo.head_pre)
-    if combo.post is not None:
-        kernels["kq_post"] = draw(h, *combo.post)
-    if combo.head_post is not None:
-        kernels["head_post"] = draw(h // combo.head_post, combo.head_post, combo.head_post)
-    return kernels
 
 
 def _sequences(rng, heads, kv_heads, dim=4, k_heads=None, v_dim=None):
@@ -140,7 +118,7 @@ def _compare(got, want):
 def test_prefill_and_steps_equal_dense_at_every_position(combo):
     rng = np.random.default_rng(0)
     q, k, v = _sequences(rng, combo.heads, combo.kv_heads)
-    kernels = _kernels(combo, rng)
+    kernels = random_kernels(combo, rng)
     got, cache = _run_mta(q, k, v, kernels)
     _compare(got, np.asarray(dense_jit(q, k, v, **kernels)))
     # the cache's layout: kv heads only, windows of c_q - 1 rows, nothing past each row's length
@@ -162,7 +140,7 @@ def test_windows_matter():
     combo = COMBOS[0]
     rng = np.random.default_rng(1)
     q, k, v = _sequences(rng, combo.heads, combo.kv_heads)
-    kernels = _kernels(combo, rng)
+    kernels = random_kernels(combo, rng)
     _, cache = prefill_jit(q[:, :5], k[:, :5], v[:, :5], LENGTHS, max_len=MAX_LEN, **kernels)
     rows = np.arange(len(LENGTHS))
     new = [x[rows, LENGTHS][:, None] for x in (q, k, v)]
@@ -177,7 +155,7 @@ def test_recompute_step_equals_cached_step():
     combo = COMBOS[0]
     rng = np.random.default_rng(2)
     q, k, v = _sequences(rng, combo.heads, combo.kv_heads)
-    kernels = _kernels(combo, rng)
+    kernels = random_kernels(combo, rng)
     got, _ = _run_mta(q, k, v, kernels)
     pos_B = LENGTHS + 2
     want = recompute_jit(q, k, v, pos_B + 1, **kernels)
@@ -190,7 +168,7 @@ def test_mismatched_cache_windows_raise():
     combo = COMBOS[0]
     rng = np.random.default_rng(3)
     q, k, v = _sequences(rng, combo.heads, combo.kv_heads)
-    kernels = _kernels(combo, rng)
+    kernels = random_kernels(combo, rng)
     _, cache = prefill_jit(q[:, :5], k[:, :5], v[:, :5], LENGTHS, max_len=MAX_LEN, **kernels)
     new = [x[:, :1] for x in (q, k, v)]
     with pytest.raises(ValueError, match="cache windows"):
