@@ -120,8 +120,12 @@ def run(args, cfg) -> int:
         print(f"error: {err}", file=sys.stderr)
         return faults.EXIT_NONFINITE
     except faults.CheckpointWriteError as err:
+        # Metrics and the manager are closed by now. Orbax's writer threads keep failing and
+        # printing after a write error, burying this line, so the process ends here at once.
         print(f"error: {err}", file=sys.stderr)
-        return faults.EXIT_SAVE_FAILED
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(faults.EXIT_SAVE_FAILED)
     print(json.dumps(result))
     if "stopped_by" in result:
         print(
