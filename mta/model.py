@@ -15,14 +15,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from mta.attention import decode as cached
 from mta.attention import (
+    attention_weights,
     diff_head_norm,
     diff_lambda,
     diff_lambda_init,
     differential_attention,
     multi_token_attention,
 )
+from mta.attention import decode as cached
 from mta.config import ModelConfig, kq_layer_indices
 
 MTA_PARAM_NAMES = ("kq_pre", "kq_post", "head_pre", "head_post", "out_norm", "gate_w", "gate_b")
@@ -150,6 +151,11 @@ class Attention(nnx.Module):
             q_BTHD, k_BTKD, v_BTKD, **self._kernels(), segment_ids=segment_ids_BT, impl=self.impl
         )
         return self._output(out_BTHD)
+
+    def weights(self, x_BTE, positions_BT, segment_ids_BT=None):
+        """The attention map of this layer (dense path): x [B, T, E] -> [B, H, T, T] float32."""
+        q_BTHD, k_BTKD, _ = self._qkv(x_BTE, positions_BT)
+        return attention_weights(q_BTHD, k_BTKD, **self._kernels(), segment_ids=segment_ids_BT)
 
     def _qkv(self, x_BTE, positions_BT):
         """Projections and RoPE: x [B, T, E] -> q [B, T, H, D], k, v [B, T, K, D]."""
@@ -355,6 +361,22 @@ class Transformer(nnx.Module):
         for block in self.blocks:
             x_BTE = block_fn(block, x_BTE, positions_BT, segment_ids_BT)
         return self._logits(x_BTE)
+
+    def attention_maps(self, tokens_BT, positions_BT=None, segment_ids_BT=None) -> list:
+        """Each layer's attention map for inspection: tokens [B, T] -> L arrays [B, H, T, T]
+        float32 (softmax attention only; the DIFF baseline has two maps per head)."""
+        if self.cfg.attention.kind != "softmax":
+            raise ValueError(
+                f"attention maps need attention.kind=softmax, not {self.cfg.attention.kind}"
+            )
+        x_BTE = self.embed[...].astype(self.cfg.compute_dtype)[tokens_BT]
+        if positions_BT is None:
+            positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])
+        maps = []
+        for block in self.blocks:
+            maps.append(block.attn.weights(block.attn_norm(x_BTE), positions_BT, segment_ids_BT))
+            x_BTE = block(x_BTE, positions_BT, segment_ids_BT)
+        return maps
 
     # ---- Cached decoding (driven by mta/eval/generate.py) -------------------------------------
 

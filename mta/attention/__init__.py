@@ -9,9 +9,10 @@ from mta.attention.diff import (
     diff_lambda_init,
     differential_attention,
 )
-from mta.attention.mta import multi_token_attention
+from mta.attention.mta import attention_weights, multi_token_attention
 
 __all__ = [
+    "attention_weights",
     "causal_attention",
     "conv3d_heads",
     "diff_head_norm",

@@ -64,6 +64,17 @@ def multi_token_attention(
         return multi_token_attention_blockwise(q, k, v, **kernels, segment_ids=segment_ids)
     if all(x is None for x in (kq_pre, head_pre, kq_post, head_post)):
         return causal_attention(q, k, v, segment_ids)
+    weights_BHTS = attention_weights(q, k, kq_pre, head_pre, kq_post, head_post, segment_ids)
+    # out = A v: b h t s, b s k d -> b t h d
+    return weight_values(weights_BHTS, v)
+
+
+def attention_weights(
+    q, k, kq_pre=None, head_pre=None, kq_post=None, head_post=None, segment_ids=None
+) -> jax.Array:
+    """The attention map A of multi_token_attention (dense): q [B,T,H,D], k [B,S,K,D]
+    -> [B,H,T,S] float32, kernels and segment_ids as there. Rows sum to 1 unless a post-softmax
+    kernel is set (rows are not renormalised after it)."""
     num_queries, num_heads = q.shape[1], q.shape[2]
     check_kernels(num_heads, kq_pre, head_pre, kq_post, head_post)
     _check_segments(segment_ids, q.shape, k.shape)
@@ -94,8 +105,7 @@ def multi_token_attention(
     # mask_0 again: the post conv spreads weight onto future keys
     if kq_post is not None or head_post is not None:
         weights_BHTS = jnp.where(mask_B1TS, weights_BHTS, 0.0)
-    # out = A v: b h t s, b s k d -> b t h d
-    return weight_values(weights_BHTS, v)
+    return weights_BHTS
 
 
 def check_kernels(num_heads, kq_pre, head_pre, kq_post, head_post) -> None:

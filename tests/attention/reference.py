@@ -198,7 +198,16 @@ def multi_token_attention(
     return per_document(_mta, q, k, v, segment_ids, *kernels)
 
 
+def attention_weights(q, k, kq_pre=None, head_pre=None, kq_post=None, head_post=None):
+    """The attention map of MTA_SPEC sections 1-2 (one document per row) -> [B,H,T,S] float64."""
+    return _weights(*_f64(q, k, kq_pre, head_pre, kq_post, head_post))
+
+
 def _mta(q, k, v, kq_pre, head_pre, kq_post, head_post):
+    return weight_values(_weights(q, k, kq_pre, head_pre, kq_post, head_post), v)
+
+
+def _weights(q, k, kq_pre, head_pre, kq_post, head_post):
     x = logits(q, k)
     full_3d = head_pre is not None and head_pre.ndim == 5
     if kq_pre is not None or full_3d:
@@ -214,8 +223,7 @@ def _mta(q, k, v, kq_pre, head_pre, kq_post, head_post):
         p = kq_conv(p, kq_post)
     if head_post is not None:
         p = mix(p, head_post)
-    p = zero_mask(p)
-    return weight_values(p, v)
+    return zero_mask(p)
 
 
 def differential_attention(q, k, v, lam, segment_ids=None):

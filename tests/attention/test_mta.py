@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mta.attention import (
+    attention_weights,
     causal_attention,
     conv3d_heads,
     key_query_conv,
@@ -185,6 +186,13 @@ def test_matches_numpy_loop(combo):
     out, _ = output_and_jacobian(q, k, v, kernels, segment_ids)
     want = ref.multi_token_attention(q, k, v, segment_ids=segment_ids, **kernels)
     np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.parametrize("combo", [c for c in COMBOS if not c.segments], ids=str)
+def test_attention_weights_match_numpy_loop(combo):
+    q, k, _, kernels, _ = _inputs(combo, seed=1)
+    got = jax.jit(attention_weights)(q, k, **kernels)
+    np.testing.assert_allclose(got, ref.attention_weights(q, k, **kernels), rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("combo", COMBOS, ids=str)

@@ -134,3 +134,21 @@ def test_identity_initialised_mta_model_equals_baseline(tiny_config):
     assert count_params(nnx.state(model)) > count_params(nnx.state(baseline))
     tokens = jax.random.randint(jax.random.key(0), (2, 11), 0, 259)
     np.testing.assert_allclose(model(tokens), baseline(tokens), rtol=1e-5, atol=1e-5)
+
+
+def test_attention_maps_are_the_maps_the_model_attends_with(tiny_config):
+    from mta.attention.core import weight_values
+
+    model = Transformer(tiny_config(*VARIANTS["mta_full"]).model, nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 259)
+    maps = model.attention_maps(tokens)
+    assert len(maps) == len(model.blocks) and maps[0].shape == (2, 4, 9, 9)
+    x_BTE = model.embed[...][tokens]
+    positions = jnp.broadcast_to(jnp.arange(9), (2, 9))
+    for block, map_BHTS in zip(model.blocks, maps, strict=True):
+        assert np.all(np.triu(np.asarray(map_BHTS), k=1) == 0.0)
+        normed = block.attn_norm(x_BTE)
+        _, _, v = block.attn._qkv(normed, positions)
+        via_map = block.attn._output(weight_values(map_BHTS, v))
+        np.testing.assert_allclose(via_map, block.attn(normed, positions), rtol=1e-5, atol=1e-6)
+        x_BTE = block(x_BTE, positions)
