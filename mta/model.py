@@ -8,6 +8,7 @@ Every parameter carries `logical_axes` metadata (one name or None per dimension)
 code maps those names to mesh axes with the rules of the config.
 """
 
+import functools
 import math
 
 import jax
@@ -25,6 +26,7 @@ from mta.attention import (
 )
 from mta.attention import decode as cached
 from mta.config import ModelConfig, kq_layer_indices
+from mta.parallel import TENSOR, constrain_batch, head_split, mesh_axis_size, over_heads
 
 MTA_PARAM_NAMES = ("kq_pre", "kq_post", "head_pre", "head_post", "out_norm", "gate_w", "gate_b")
 DIFF_PARAM_NAMES = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2", "head_norm")
@@ -77,6 +79,12 @@ def kq_kernel_init(shape: tuple[int, ...], kind: str, value: float, rngs: nnx.Rn
 def grouped_identity(num_heads: int, group: int) -> jax.Array:
     """Identity head mixing in the grouped layout [H / c_h, c_h (in), c_h (out)]."""
     return jnp.tile(jnp.eye(group, dtype=jnp.float32), (num_heads // group, 1, 1))
+
+
+def head_mixing(head_pre: str, head_post: str, group: int) -> tuple:
+    """The head mixings of a layer for tensor parallelism: "linear" or the group size of each."""
+    pre = {"none": (), "linear": ("linear",)}.get(head_pre, (group,))
+    return pre + ((group,) if head_post == "grouped" else ())
 
 
 class Attention(nnx.Module):
@@ -135,6 +143,7 @@ class Attention(nnx.Module):
             self.head_post = nnx.Param(
                 grouped_identity(H, group), logical_axes=("heads", None, None)
             )
+        self.head_mixing = head_mixing(a.head_pre, a.head_post, group)
         if a.group_norm != "none":
             self.out_norm = nnx.Param(jnp.ones((D,), jnp.float32), logical_axes=("norm",))
         if a.group_norm == "gating":
@@ -147,8 +156,12 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
         q_BTHD, k_BTKD, v_BTKD = self._qkv(x_BTE, positions_BT)
-        out_BTHD = multi_token_attention(
-            q_BTHD, k_BTKD, v_BTKD, **self._kernels(), segment_ids=segment_ids_BT, impl=self.impl
+        H, K = self.num_heads, self.num_kv_heads
+        split = head_split(H, K, mesh_axis_size(TENSOR), self.head_mixing)
+        kernels = {name: w for name, w in self._kernels().items() if w is not None}
+        attend = functools.partial(multi_token_attention, impl=self.impl)
+        out_BTHD = over_heads(
+            attend, q_BTHD, k_BTKD, v_BTKD, kernels, segment_ids_BT, split, split_kv=K > 1
         )
         return self._output(out_BTHD)
 
@@ -206,6 +219,10 @@ class Attention(nnx.Module):
         return self._output(out_B1HD), cache
 
 
+def _differential(q, k, v, segment_ids, lam):
+    return differential_attention(q, k, v, lam, segment_ids)
+
+
 class DiffAttention(nnx.Module):
     """DIFF Transformer attention (Ye et al. 2024): H' heads, each the difference of two softmax
     maps over half-heads of width D, values of width 2D, a learned lambda re-parameterised as
@@ -239,7 +256,11 @@ class DiffAttention(nnx.Module):
 
     def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
         q, k, v = self._qkv(x_BTE, positions_BT)
-        out_BTHD = differential_attention(q, k, v, self._lambda(), segment_ids_BT)
+        H, K = q.shape[2] // 2, v.shape[2]
+        split = head_split(H, K, mesh_axis_size(TENSOR))
+        out_BTHD = over_heads(
+            _differential, q, k, v, {"lam": self._lambda()}, segment_ids_BT, split, K > 1
+        )
         return self._output(out_BTHD)
 
     def _qkv(self, x_BTE, positions_BT):
@@ -358,8 +379,9 @@ class Transformer(nnx.Module):
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])
         block_fn = nnx.remat(Block.__call__) if self.cfg.remat == "block" else Block.__call__
+        x_BTE = constrain_batch(x_BTE)
         for block in self.blocks:
-            x_BTE = block_fn(block, x_BTE, positions_BT, segment_ids_BT)
+            x_BTE = constrain_batch(block_fn(block, x_BTE, positions_BT, segment_ids_BT))
         return self._logits(x_BTE)
 
     def attention_maps(self, tokens_BT, positions_BT=None, segment_ids_BT=None) -> list:

@@ -89,7 +89,7 @@ def load(args):
     """The validated config, including the checks that need the task's rules or the devices,
     so that every config error is reported before any compute."""
     from mta.data import pipeline
-    from mta.train.mesh import check_batch
+    from mta.train.mesh import check_batch, tensor_parallel_plan
 
     cfg = load_config(args.config, args.overrides)
     try:
@@ -97,6 +97,7 @@ def load(args):
     except ValueError as err:
         raise ConfigError(f"data.{cfg.data.task}: {err}") from None
     check_batch(cfg)
+    tensor_parallel_plan(cfg)
     return cfg
 
 
@@ -107,7 +108,8 @@ def dry_run(cfg) -> dict:
     from mta.train.summary import summary
 
     setup = TrainSetup(cfg, make_mesh(cfg.mesh))
-    return summary(cfg, setup.abstract_state(), pipeline.sequence_length(cfg.data))
+    seq_len = pipeline.sequence_length(cfg.data)
+    return summary(cfg, setup.abstract_state(), seq_len, setup.shardings["params"])
 
 
 def run(args, cfg) -> int:

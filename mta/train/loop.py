@@ -159,7 +159,7 @@ def train(
     record: dict = {}
     steps_since, time_since = 0, time.perf_counter()
     try:
-        with StopRequest() as stop:
+        with jax.set_mesh(mesh), StopRequest() as stop:
             while step < last_step:
                 local = next(data_iter)
                 batch = {

@@ -8,6 +8,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mta.config import ConfigError, MeshConfig
+from mta.model import head_mixing
+from mta.parallel import head_split
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
@@ -86,3 +88,25 @@ def check_batch(cfg) -> None:
             f"shards (mesh.data x mesh.fsdp) and {jax.process_count()} process(es); use a "
             f"multiple of {multiple}"
         )
+
+
+def tensor_parallel_plan(cfg) -> str:
+    """How attention uses the `tensor` axis, in words; ConfigError for a layout that cannot be
+    exact (see mta/parallel.py)."""
+    m, a = cfg.model, cfg.model.attention
+    tensor = mesh_shape(cfg.mesh, jax.device_count())[2]
+    num_kv_heads = m.num_kv_heads or m.num_heads
+    mixing = (
+        ()
+        if a.kind == "diff"
+        else head_mixing(a.head_pre, a.head_post, a.head_group_size or m.num_heads)
+    )
+    try:
+        split = head_split(m.num_heads, num_kv_heads, tensor, mixing)
+    except ValueError as err:
+        raise ConfigError(f"mesh.tensor: {err}") from None
+    if tensor == 1:
+        return "one tensor shard: all heads on every device"
+    if split:
+        return f"heads split over {tensor} tensor shards (shard_map)"
+    return f"all heads on each of {tensor} tensor shards (linear head_pre mixes all heads)"

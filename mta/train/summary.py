@@ -2,10 +2,11 @@
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
 
 from mta.config import Config, kq_layer_indices
 from mta.model import count_params
-from mta.train.mesh import mesh_shape
+from mta.train.mesh import mesh_shape, tensor_parallel_plan
 
 
 def layer_kinds(cfg: Config) -> list[str]:
@@ -53,7 +54,29 @@ def memory_estimate_bytes(
     }
 
 
-def summary(cfg: Config, abstract_state: dict, seq_len: int) -> dict:
+def sharding_plan(abstract_params: dict, params_shardings: dict) -> dict:
+    """Where each parameter lives: {name with layer numbers as *: {shape, spec (mesh axis per
+    dimension), layers (how many such parameters), bytes_per_device (each)}}."""
+    plan = {}
+    flat = jax.tree_util.tree_flatten_with_path(abstract_params)[0]
+    shardings = jax.tree.leaves(params_shardings, is_leaf=lambda x: isinstance(x, NamedSharding))
+    for (path, leaf), sharding in zip(flat, shardings, strict=True):
+        keys = [str(getattr(k, "key", getattr(k, "idx", k))) for k in path]
+        name = ".".join("*" if key.isdigit() else key for key in keys)
+        if name in plan:
+            plan[name]["layers"] += 1
+            continue
+        shard = sharding.shard_shape(leaf.shape)
+        plan[name] = {
+            "shape": list(leaf.shape),
+            "spec": [axis for axis in sharding.spec] + [None] * (leaf.ndim - len(sharding.spec)),
+            "layers": 1,
+            "bytes_per_device": int(np.prod(shard)) * leaf.dtype.itemsize,
+        }
+    return plan
+
+
+def summary(cfg: Config, abstract_state: dict, seq_len: int, params_shardings: dict) -> dict:
     """The JSON-ready summary printed by `scripts/train.py --dry-run`."""
     devices = jax.device_count()
     memory = memory_estimate_bytes(cfg, abstract_state, seq_len, devices)
@@ -61,6 +84,8 @@ def summary(cfg: Config, abstract_state: dict, seq_len: int) -> dict:
         "params": count_params(abstract_state["params"]),
         "layers": layer_kinds(cfg),
         "mesh": dict(zip(("data", "fsdp", "tensor"), mesh_shape(cfg.mesh, devices), strict=True)),
+        "attention_tensor_parallel": tensor_parallel_plan(cfg),
+        "sharding_plan": sharding_plan(abstract_state["params"], params_shardings),
         "devices": devices,
         "seq_len": seq_len,
         "memory_per_device_bytes": memory,

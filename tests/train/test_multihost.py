@@ -37,23 +37,15 @@ def command(workdir, overrides, *extra):
     ]
 
 
-def test_two_processes_match_one_process_with_two_devices(tiny_overrides, tmp_path):
-    two_devices = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    single = subprocess.run(
-        command(tmp_path / "single", tiny_overrides),
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=two_devices,
-    )
-    assert single.returncode == 0, single.stderr
-
+def launch_two_processes(workdir, overrides, *extra, env=None):
+    """Starts scripts/train.py as processes 0 and 1 of one JAX run over 127.0.0.1."""
     port = free_port()
-    processes = [
+    return [
         subprocess.Popen(
             command(
-                tmp_path / "multi",
-                tiny_overrides,
+                workdir,
+                overrides,
+                *extra,
                 f"--coordinator=127.0.0.1:{port}",
                 "--num-processes=2",
                 f"--process-id={pid}",
@@ -62,38 +54,48 @@ def test_two_processes_match_one_process_with_two_devices(tiny_overrides, tmp_pa
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         for pid in (0, 1)
     ]
+
+
+def finish(processes) -> None:
     outputs = [p.communicate(timeout=600) for p in processes]
     for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr
+
+
+def test_two_processes_of_four_devices_match_one_process_of_eight(tiny_overrides, tmp_path):
+    def devices(n):
+        return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}"}
+
+    mesh = ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "model.num_heads=4"]
+    single = subprocess.run(
+        command(tmp_path / "single", [*tiny_overrides, *mesh], "train.steps=6"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=devices(8),
+    )
+    assert single.returncode == 0, single.stderr
+
+    finish(launch_two_processes(tmp_path / "multi", [*tiny_overrides, *mesh], env=devices(4)))
+    assert sorted(p.name for p in (tmp_path / "multi/checkpoints").iterdir()) == ["3", "4"]
+    # both processes restore step 4 and continue
+    extra = ["train.steps=6"]
+    finish(
+        launch_two_processes(tmp_path / "multi", [*tiny_overrides, *mesh], *extra, env=devices(4))
+    )
     expected = [r["loss"] for r in read_metrics(tmp_path / "single")]
     got = [r["loss"] for r in read_metrics(tmp_path / "multi")]  # written by process 0 only
-    np.testing.assert_allclose(got, expected, rtol=2e-5)
-    assert sorted(p.name for p in (tmp_path / "multi/checkpoints").iterdir()) == ["3", "4"]
+    assert len(got) == 6
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_a_signal_to_one_process_stops_all_at_the_same_step(tiny_overrides, tmp_path):
-    port = free_port()
     long_run = [*tiny_overrides, "checkpoint.every=1000"]
-    processes = [
-        subprocess.Popen(
-            command(
-                tmp_path,
-                long_run,
-                "train.steps=100000",
-                f"--coordinator=127.0.0.1:{port}",
-                "--num-processes=2",
-                f"--process-id={pid}",
-            ),
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for pid in (0, 1)
-    ]
+    processes = launch_two_processes(tmp_path, long_run, "train.steps=100000")
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 300
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
