@@ -27,6 +27,7 @@ from mta.attention.core import (
     masked_softmax,
     weight_values,
 )
+from mta.attention.pre_conv import conv_logits
 
 IMPLS = ("dense", "blockwise", "auto")
 AUTO_BLOCKWISE_MIN_KEYS = 1024  # impl="auto" takes the blockwise path from this many keys S on
@@ -81,13 +82,17 @@ def attention_weights(
     conv_pre_3d = head_pre is not None and jnp.ndim(head_pre) == 5
     mask_B1TS = causal_mask(num_queries, k.shape[1], segment_ids)
 
-    # logits = q k^T / sqrt(D): b t h d, b s k d -> b h t s (float32)
-    logits_BHTS = attention_logits(q, k)
+    if kq_pre is not None and segment_ids is None:
+        # logits, mask_0 and the pre key-query conv in one widened matmul (pre_conv.py)
+        logits_BHTS = conv_logits(q, k, kq_pre)
+    else:
+        # logits = q k^T / sqrt(D): b t h d, b s k d -> b h t s (float32)
+        logits_BHTS = attention_logits(q, k)
     # mask_0: zero the masked logits so the conv never reads a future or foreign key
-    if kq_pre is not None or conv_pre_3d:
+    if (kq_pre is not None and segment_ids is not None) or conv_pre_3d:
         logits_BHTS = jnp.where(mask_B1TS, logits_BHTS, 0.0)
     # pre key-query conv, depthwise: b h t s, h q k -> b h t s
-    if kq_pre is not None:
+    if kq_pre is not None and segment_ids is not None:
         logits_BHTS = key_query_conv(logits_BHTS, kq_pre, segment_ids)
     # pre head mixing: b h t s, h h -> b h t s (or grouped n i o; or the 3-D conv n i o q k)
     if conv_pre_3d:
