@@ -179,7 +179,19 @@ def _post_softmax(probs_BHRS, kq_post, head_post, mask):
 def _conv_rows(x_BCRS, kernel_OIQK, groups: int):
     """The MTA cross-correlation without query padding: [B, C, R, S] -> [B, O, R - c_q + 1, S].
     Output row t reads input rows t..t + c_q - 1 (the last is its own query); keys are centred."""
-    r = (kernel_OIQK.shape[3] - 1) // 2
+    c_q, c_k = kernel_OIQK.shape[2:]
+    r = (c_k - 1) // 2
+    if kernel_OIQK.shape[1] == 1 and groups == x_BCRS.shape[1] == kernel_OIQK.shape[0]:
+        # depthwise: fused shifted multiply-adds (XLA's grouped conv is far slower on CPU)
+        rows, num_keys = x_BCRS.shape[2] - (c_q - 1), x_BCRS.shape[3]
+        x_pad = jnp.pad(x_BCRS.astype(jnp.float32), ((0, 0), (0, 0), (0, 0), (r, r)))
+        theta = kernel_OIQK[:, 0].astype(jnp.float32)
+        taps = [
+            theta[None, :, a, b, None, None] * x_pad[:, :, a : a + rows, b : b + num_keys]
+            for a in range(c_q)
+            for b in range(c_k)
+        ]
+        return sum(taps)
     return lax.conv_general_dilated(
         x_BCRS.astype(jnp.float32),
         kernel_OIQK.astype(jnp.float32),

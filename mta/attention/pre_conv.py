@@ -92,8 +92,7 @@ def _with_exact_band(full_BHTS, q, k, theta, offset: int) -> jax.Array:
         e: jnp.einsum("bthd,bthd->bht", q, k_pad[:, offset + e - lowest :][:, :num_q])
         for e in range(lowest, 1)
     }
-    diag_TS = jnp.arange(num_q)[:, None] + offset - jnp.arange(num_k)[None, :]
-    out_BHTS = full_BHTS
+    band = []  # band[d][b, h, i]: the output at (i, i + offset - d)
     for d in range(width):
         band_BHT = jnp.zeros(q.shape[:1] + q.shape[2:3] + q.shape[1:2], jnp.float32)
         for a in range(c_q):
@@ -103,5 +102,25 @@ def _with_exact_band(full_BHTS, q, k, theta, offset: int) -> jax.Array:
             row_BHT = sum(theta[None, :, a, b, None] * near[b - a + c_q - 1 - r - d] for b in taps)
             shift = c_q - 1 - a  # query row i' = i - shift (zero before the first query)
             band_BHT = band_BHT + jnp.pad(row_BHT, ((0, 0), (0, 0), (shift, 0)))[:, :, :num_q]
-        out_BHTS = jnp.where(diag_TS == d, band_BHT[..., None], out_BHTS)
-    return out_BHTS
+        band.append(band_BHT)
+    band_BHTS = _diagonals_to_dense(jnp.stack(band, axis=-1), num_k, offset)
+    diag_TS = jnp.arange(num_q)[:, None] + offset - jnp.arange(num_k)[None, :]
+    return jnp.where((diag_TS >= 0) & (diag_TS < width), band_BHTS, full_BHTS)
+
+
+def _diagonals_to_dense(band_BHTW, num_keys: int, offset: int) -> jax.Array:
+    """[B, H, T, W] -> [B, H, T, S] with band[..., i, d] at (i, i + offset - d), 0 elsewhere.
+
+    The skew trick: rows of length N + 1 read back as rows of length N shift row i right by
+    i, so diagonals become columns without a gather or scatter (cheap both ways in autodiff).
+    """
+    *lead, num_q, width = band_BHTW.shape
+    n = num_q + width - 1  # column J = i + c holds diagonal c = W - 1 - d
+    rows = jnp.pad(band_BHTW[..., ::-1], [(0, 0)] * len(lead) + [(0, 0), (0, n + 1 - width)])
+    skewed = rows.reshape(*lead, num_q * (n + 1))[..., : num_q * n].reshape(*lead, num_q, n)
+    first = width - 1 - offset  # column J of key 0
+    if first < 0:
+        skewed = jnp.pad(skewed, [(0, 0)] * len(lead) + [(0, 0), (-first, 0)])
+        first = 0
+    skewed = jnp.pad(skewed, [(0, 0)] * len(lead) + [(0, 0), (0, max(0, first + num_keys - n))])
+    return skewed[..., first : first + num_keys]
