@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 
@@ -25,9 +25,9 @@ class ConfigError(ValueError):
 class KQConvConfig:
     """A key-query convolution: `c_q` query taps (past only) x `c_k` key taps (centred, odd)."""
 
-    enabled: bool = False
-    c_q: int = 6
-    c_k: int = 11
+    enabled: bool = False  # use this convolution (in the layers of kq_layers)
+    c_q: int = 6  # query taps: the current query and the c_q - 1 previous ones
+    c_k: int = 11  # key taps, centred on the current key; must be odd
 
 
 @dataclass
@@ -36,16 +36,22 @@ class AttentionConfig:
 
     kind: str = "softmax"  # softmax (baseline, talking heads, MTA) | diff (DIFF Transformer)
     impl: str = "dense"  # dense | blockwise (O(T) memory) | auto (blockwise for long inputs)
-    kq_pre: KQConvConfig = field(default_factory=KQConvConfig)
-    kq_post: KQConvConfig = field(default_factory=KQConvConfig)
+    kq_pre: KQConvConfig = field(default_factory=KQConvConfig)  # conv before the softmax
+    kq_post: KQConvConfig = field(default_factory=KQConvConfig)  # conv after the softmax
     # Layers with key-query convolution: "all", an explicit list of 0-based layers like
     # [2, 6, 10], or {every: 4, start: 2}.
     kq_layers: Any = "all"
-    head_pre: str = "none"  # none | linear ([H, H]) | grouped ([H/c_h, c_h, c_h]) | conv3d
-    head_post: str = "none"  # none | grouped
+    # Head mixing of the logits: none | linear ([H, H]) | grouped ([H/c_h, c_h, c_h]) |
+    # conv3d (a full 3-D kernel over heads, queries and keys in place of kq_pre + mixing).
+    head_pre: str = "none"
+    head_post: str = "none"  # head mixing of the probabilities: none | grouped
     head_group_size: int = 0  # c_h; 0 means all heads in one group
-    group_norm: str = "none"  # none | gating | depth_scaling
-    kernel_init: str = "identity"  # identity | constant | zero | uniform
+    # Per-head RMSNorm of the attention output, then: none (no norm at all) | gating (a
+    # sigmoid gate per token and head) | depth_scaling (times 1 - lambda_init(layer)).
+    group_norm: str = "none"
+    # Init of the kq kernels: identity (MTA starts equal to the baseline) | constant | zero |
+    # uniform. Head mixing always starts at the identity.
+    kernel_init: str = "identity"
     kernel_init_value: float = 0.3  # the constant of `constant`, the half-width of `uniform`
     decay_mta_params: bool = True  # apply weight decay to MTA kernels, mixing and norm weights
 
@@ -53,16 +59,16 @@ class AttentionConfig:
 @dataclass
 class ModelConfig:
     vocab_size: int = 259  # the byte tokenizer's 256 bytes + pad, bos, eos
-    dim: int = 64
-    num_layers: int = 4
-    num_heads: int = 2
+    dim: int = 64  # model (embedding) width
+    num_layers: int = 4  # transformer blocks
+    num_heads: int = 2  # query heads H
     num_kv_heads: int = 0  # 0 means num_heads (MHA); 1 is MQA; in between is GQA
     head_dim: int = 0  # 0 means dim // num_heads
-    mlp_hidden: int = 256
-    tie_embeddings: bool = True
-    rope_theta: float = 10000.0
-    norm_eps: float = 1e-5
-    init_std: float = 0.02
+    mlp_hidden: int = 256  # hidden width of the SwiGLU feed-forward layer
+    tie_embeddings: bool = True  # the output layer reuses the input embedding matrix
+    rope_theta: float = 10000.0  # base of the rotary position embedding's frequencies
+    norm_eps: float = 1e-5  # epsilon of every RMSNorm
+    init_std: float = 0.02  # std of the normal init of embeddings and projections
     scale_output_init: bool = False  # divide output projections' init std by sqrt(2 * layers)
     compute_dtype: str = "float32"  # float32 | bfloat16 (parameters stay float32)
     remat: str = "none"  # none | block | attention: recompute these in the backward pass
@@ -78,15 +84,28 @@ class BlockTaskConfig:
     variant: str = "all"  # all | first | last
     length: int = 319  # prompt + answer characters
     num_blocks: int = 0  # 0 means as many as fit in `length`
-    num_train: int = 100_000
-    num_validation: int = 1000
-    num_test: int = 1000
-    seed: int = 0
+    num_train: int = 100_000  # examples in the train split
+    num_validation: int = 1000  # examples in the validation split
+    num_test: int = 1000  # examples in the test split
+    seed: int = 0  # seed of the dataset's generation (another seed, another dataset)
+
+
+TASKS = ("block", "mqar", "niah", "babi", "vartrack", "text")
+
+
+@dataclass
+class MixtureMember:
+    """One task of a mixture (data.task: mix), drawn with probability weight / sum of weights."""
+
+    task: str = ""  # block | mqar | niah | babi | vartrack | text
+    weight: float = 1.0  # relative: the share of examples is weight / sum of the weights
+    params: dict[str, Any] = field(default_factory=dict)  # builder parameters, as data.params
+    block: BlockTaskConfig = field(default_factory=BlockTaskConfig)  # the block task's parameters
 
 
 @dataclass
 class DataConfig:
-    task: str = "block"  # block | mqar | niah | babi | vartrack | text
+    task: str = "block"  # block | mqar | niah | babi | vartrack | text | mix
     data_dir: str = "~/tensorflow_datasets"  # where TFDS builds and reads datasets
     seq_len: int = 2048  # tokens per training row (the block task sets its own)
     packing: str = "pad"  # pad (one example per row) | pack (first-fit, with segment ids)
@@ -95,21 +114,24 @@ class DataConfig:
     # Builder parameters of the other tasks, e.g. {num_needles: 2, length: 1024} for niah
     # (see mta/data/tfds_<task>.py: <task>_config).
     params: dict[str, Any] = field(default_factory=dict)
+    # The members of task `mix`, e.g. [{task: mqar, weight: 0.4, params: {num_pairs: 8}},
+    # {task: block, weight: 0.6, block: {num_blocks: 5}}] (see mta/data/mixture.py).
+    mixture: list[MixtureMember] = field(default_factory=list)
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
+    steps: int = 1000  # optimizer steps of the whole run
     batch_size: int = 32  # global, over all devices and hosts
-    seed: int = 0
-    lr: float = 1e-3
-    warmup_steps: int = 100
+    seed: int = 0  # seed of the parameter init and of the training data order
+    lr: float = 1e-3  # peak learning rate (reached after warmup)
+    warmup_steps: int = 100  # linear warmup from 0 to lr
     schedule: str = "constant"  # constant | linear | cosine (after warmup)
     min_lr_ratio: float = 0.0  # final lr of linear/cosine as a fraction of lr
-    weight_decay: float = 0.0
-    beta1: float = 0.9
-    beta2: float = 0.98
-    eps: float = 1e-8
+    weight_decay: float = 0.0  # AdamW's decoupled weight decay
+    beta1: float = 0.9  # Adam's first-moment decay
+    beta2: float = 0.98  # Adam's second-moment decay
+    eps: float = 1e-8  # Adam's epsilon
     clip_norm: float = 1.0  # global-norm clipping; 0 disables it
     skip_nonfinite: bool = False  # skip (and count) updates with NaN/Inf instead of stopping
     grad_accum: int = 1  # micro-batches per step (gradient accumulation)
@@ -119,9 +141,9 @@ class TrainConfig:
 class MeshConfig:
     """Device mesh sizes; -1 fills the remaining devices. Product must equal the device count."""
 
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
+    data: int = -1  # devices on the data axis: the batch is split over data x fsdp
+    fsdp: int = 1  # devices on the fsdp axis: batch split, parameters sharded by `rules`
+    tensor: int = 1  # devices on the tensor axis: parameters sharded by `rules`
     # Logical parameter axis -> mesh axis (or null: replicated along that dimension).
     rules: dict[str, Any] = field(
         default_factory=lambda: {
@@ -137,34 +159,41 @@ class MeshConfig:
 
 @dataclass
 class CheckpointConfig:
-    every: int = 500
-    keep: int = 3
-    async_save: bool = True
+    every: int = 500  # save every this many steps (and always at the last step)
+    keep: int = 3  # newest checkpoints kept; older ones are deleted
+    async_save: bool = True  # write in the background while training goes on
 
 
 @dataclass
 class LogConfig:
-    every: int = 50
-    tensorboard: bool = True
+    every: int = 50  # write a metrics record every this many steps
+    tensorboard: bool = True  # also write TensorBoard event files to WORKDIR/tensorboard
     progress: str = "auto"  # auto (only in a terminal) | on | off
 
 
 @dataclass
 class EvalConfig:
     every: int = 500  # 0 evaluates only at the end
-    split: str = "validation"
-    num_examples: int = 1000
-    batch_size: int = 100
+    split: str = "validation"  # the dataset split evaluated
+    num_examples: int = 1000  # examples evaluated (the first ones of the split)
+    batch_size: int = 100  # examples per evaluation batch
 
 
 @dataclass
 class Config:
+    # The decoder-only transformer (mta/model.py).
     model: ModelConfig = field(default_factory=ModelConfig)
+    # The task, its TFDS dataset and the grain input pipeline (mta/data/).
     data: DataConfig = field(default_factory=DataConfig)
+    # Optimisation: AdamW, warmup, learning-rate schedule, clipping (mta/train/).
     train: TrainConfig = field(default_factory=TrainConfig)
+    # The device mesh and how parameters are sharded over it (mta/train/mesh.py).
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    # Orbax checkpoints in WORKDIR/checkpoints (mta/train/checkpoint.py).
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # WORKDIR/metrics.jsonl, TensorBoard event files and the progress bar.
     log: LogConfig = field(default_factory=LogConfig)
+    # The evaluation during training: exact-match error and loss on the answer tokens.
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -177,10 +206,9 @@ CHOICES = {
     "model.attention.kernel_init": ("identity", "constant", "zero", "uniform"),
     "model.compute_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "block", "attention"),
-    "data.task": ("block", "mqar", "niah", "babi", "vartrack", "text"),
+    "data.task": (*TASKS, "mix"),
     "data.packing": ("pad", "pack"),
     "data.too_long": ("drop", "truncate"),
-    "data.block.variant": ("all", "first", "last"),
     "train.schedule": ("constant", "linear", "cosine"),
     "log.progress": ("auto", "on", "off"),
     "eval.split": ("train", "validation", "test"),
@@ -199,12 +227,6 @@ POSITIVE = (
     "model.attention.kq_post.c_q",
     "model.attention.kq_post.c_k",
     "data.seq_len",
-    "data.block.n",
-    "data.block.l",
-    "data.block.length",
-    "data.block.num_train",
-    "data.block.num_validation",
-    "data.block.num_test",
     "train.steps",
     "train.batch_size",
     "train.grad_accum",
@@ -219,8 +241,6 @@ NON_NEGATIVE = (
     "model.head_dim",
     "model.init_std",
     "model.attention.head_group_size",
-    "data.block.num_blocks",
-    "data.block.seed",
     "train.seed",
     "train.lr",
     "train.warmup_steps",
@@ -283,6 +303,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         layers.append((f"override '{item}'", OmegaConf.from_dotlist([item])))
     merged = base
     for where, layer in layers:
+        layer = _mixture_layer(layer, merged, where)
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as err:
@@ -311,6 +332,117 @@ def kq_layer_indices(spec: Any, num_layers: int) -> list[int]:
     raise ConfigError(
         f"{key}: got {spec!r}; allowed: all, a list of layer indices, or {{every: k, start: j}}"
     )
+
+
+BLOCK_POSITIVE = ("n", "l", "length", "num_train", "num_validation", "num_test")
+BLOCK_NON_NEGATIVE = ("num_blocks", "seed")
+BLOCK_VARIANTS = ("all", "first", "last")
+
+
+def _validate_block(b: BlockTaskConfig, key: str) -> None:
+    """The block task's parameters at `key` (data.block or data.mixture[i].block)."""
+    if b.variant not in BLOCK_VARIANTS:
+        raise ConfigError(f"{key}.variant: got {b.variant!r}; allowed: {', '.join(BLOCK_VARIANTS)}")
+    for name in BLOCK_POSITIVE:
+        if not getattr(b, name) > 0:
+            raise ConfigError(f"{key}.{name}: got {getattr(b, name)}; must be > 0")
+    for name in BLOCK_NON_NEGATIVE:
+        if not getattr(b, name) >= 0:
+            raise ConfigError(f"{key}.{name}: got {getattr(b, name)}; must be >= 0")
+    if b.n > 26 or b.l > b.n:
+        raise ConfigError(f"{key}: need 1 <= l <= n <= 26; got n={b.n}, l={b.l}")
+
+
+MIXTURE_EXAMPLE = "{task: mqar, weight: 0.5, params: {num_pairs: 8}}"
+
+
+def _validate_mixture(data: DataConfig) -> None:
+    """data.mixture: members only with task mix, each a known task with a weight > 0 and the
+    parameters of its own task."""
+    if data.task != "mix":
+        if data.mixture:
+            raise ConfigError(
+                f"data.mixture: set, but data.task is {data.task!r}; use data.task: mix to "
+                "train on a mixture"
+            )
+        return
+    if not data.mixture:
+        raise ConfigError(
+            f"data.mixture: empty; data.task: mix needs a list of members like {MIXTURE_EXAMPLE}"
+            f" (tasks: {', '.join(TASKS)})"
+        )
+    if data.params:
+        raise ConfigError(
+            "data.params: not used with data.task: mix; give each member its own params in "
+            "data.mixture"
+        )
+    for index, member in enumerate(data.mixture):
+        key = f"data.mixture[{index}]"
+        if member.task not in TASKS:
+            raise ConfigError(f"{key}.task: got {member.task!r}; allowed: {', '.join(TASKS)}")
+        if not (math.isfinite(member.weight) and member.weight > 0):
+            raise ConfigError(f"{key}.weight: got {member.weight}; must be a finite number > 0")
+        if member.task == "block":
+            if member.params:
+                raise ConfigError(
+                    f"{key}.params: the block task takes its parameters from {key}.block"
+                )
+            _validate_block(member.block, f"{key}.block")
+        elif member.block != BlockTaskConfig():
+            raise ConfigError(
+                f"{key}.block: only the block task has block parameters; give those of "
+                f"{member.task} in {key}.params"
+            )
+
+
+def _mixture_layer(layer: DictConfig, merged: DictConfig, where: str) -> DictConfig:
+    """The layer with its data.mixture checked: a list of members without unknown keys
+    (OmegaConf would name such a key without the member's index). An override of one member,
+    data.mixture.0.weight=2, becomes the whole list with that member updated."""
+    data = layer.get("data")
+    mixture = data.get("mixture") if isinstance(data, DictConfig) else None
+    if mixture is None:
+        return layer
+    if isinstance(mixture, DictConfig | ListConfig):
+        mixture = OmegaConf.to_container(mixture)
+    members = None
+    if isinstance(mixture, list):
+        members = dict(enumerate(mixture))
+    elif isinstance(mixture, dict) and mixture and all(str(k).isdigit() for k in mixture):
+        members = {int(k): v for k, v in mixture.items()}
+    if members is None or not all(isinstance(m, dict) for m in members.values()):
+        raise ConfigError(
+            f"{where}: data.mixture must be a list of members like {MIXTURE_EXAMPLE}; "
+            f"got {mixture!r}"
+        )
+    for index, member in members.items():
+        at = f"{where}: data.mixture[{index}]"
+        _check_keys(member, MixtureMember, at)
+        if isinstance(member.get("block"), dict):
+            _check_keys(member["block"], BlockTaskConfig, f"{at}.block")
+        try:
+            OmegaConf.merge(OmegaConf.structured(MixtureMember), member)
+        except OmegaConfBaseException as err:
+            raise _omegaconf_error(err, at) from None
+    if isinstance(mixture, list):
+        return layer
+    current = merged.data.mixture
+    if max(members) >= len(current):
+        raise ConfigError(
+            f"{where}: data.mixture[{max(members)}]: no such member; the mixture has "
+            f"{len(current)} (indices from 0)"
+        )
+    updated = [OmegaConf.merge(m, members.get(i, {})) for i, m in enumerate(current)]
+    container = OmegaConf.to_container(layer)
+    container["data"]["mixture"] = [OmegaConf.to_container(m) for m in updated]
+    return OmegaConf.create(container)
+
+
+def _check_keys(given: dict, schema: type, where: str) -> None:
+    allowed = [f.name for f in dataclasses.fields(schema)]
+    unknown = [key for key in given if key not in allowed]
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}'; allowed: {', '.join(allowed)}")
 
 
 def validate(cfg: Config) -> None:
@@ -373,9 +505,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.warmup_steps: {cfg.train.warmup_steps} exceeds train.steps ({cfg.train.steps})"
         )
-    b = cfg.data.block
-    if b.n > 26 or b.l > b.n:
-        raise ConfigError(f"data.block: need 1 <= l <= n <= 26; got n={b.n}, l={b.l}")
+    _validate_block(cfg.data.block, "data.block")
+    _validate_mixture(cfg.data)
     for axis in ("data", "fsdp", "tensor"):
         size = getattr(cfg.mesh, axis)
         if size == 0 or size < -1:
@@ -422,10 +553,13 @@ def resume_diff(saved: dict, new: dict) -> list[str]:
     """The keys whose change would make a resumed run differ from the saved one, as
     'key: old -> new' lines (harmless keys such as train.steps or log.every are left out)."""
     old_flat, new_flat = _flatten(saved), _flatten(new)
+    defaults = _flatten(to_dict(Config()))
     changed = []
     for key in sorted(set(old_flat) | set(new_flat)):
         if old_flat.get(key) == new_flat.get(key):
             continue
+        if key not in old_flat and key in defaults and new_flat.get(key) == defaults[key]:
+            continue  # a key added to the schema after the run was saved, at its default
         if any(key == h or (h.endswith(".") and key.startswith(h)) for h in HARMLESS_ON_RESUME):
             continue
         changed.append(f"{key}: {old_flat.get(key)!r} -> {new_flat.get(key)!r}")

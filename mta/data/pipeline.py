@@ -9,10 +9,17 @@ first-fit packs of several with `segment_ids` and per-document `positions` (`pac
 Training data comes from a shuffled, repeated grain dataset whose iterator state is saved with
 every checkpoint, so a resumed run sees exactly the batches it would have seen. Each process
 reads only its own share: rows p, p + P, ... of every global batch when padding, the records
-p, p + P, ... of the shuffled stream when packing.
+p, p + P, ... of the shuffled stream when packing. `data.task: mix` trains on a weighted mixture
+of tasks read as one source (see `mixture`).
+
+Opening a split counts its examples longer than seq_len from the records' token counts (cached
+beside the build): process 0 prints one warning line if there are any, and a split whose every
+example would be dropped is a ConfigError rather than a run without data.
 """
 
+import inspect
 import os
+import sys
 
 import grain
 import jax
@@ -20,7 +27,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mta.config import ConfigError, DataConfig
-from mta.data import block_task
+from mta.data import block_task, mixture, text_corpus
 from mta.data.tokenizer import PAD
 
 FIELDS = ("inputs", "targets", "weights")
@@ -28,9 +35,10 @@ FIELDS = ("inputs", "targets", "weights")
 
 def _builders():
     """task -> (make builder config from params, prepare): imported late, they register TFDS."""
-    from mta.data import tfds_babi, tfds_mqar, tfds_niah, tfds_text, tfds_vartrack
+    from mta.data import tfds_babi, tfds_block_task, tfds_mqar, tfds_niah, tfds_text, tfds_vartrack
 
     return {
+        "block": (tfds_block_task.block_task_config, tfds_block_task.prepare_block_task),
         "mqar": (tfds_mqar.mqar_config, tfds_mqar.prepare_mqar),
         "niah": (tfds_niah.niah_config, tfds_niah.prepare_niah),
         "babi": (tfds_babi.babi_config, tfds_babi.prepare_babi),
@@ -40,8 +48,9 @@ def _builders():
 
 
 def prepare(cfg: DataConfig):
-    """Builds (once) and returns the TFDS builder of the configured task. With several
-    processes, process 0 builds while the others wait, then they all open the build."""
+    """Builds (once) and returns the TFDS builder of the configured task (of a mixture: the
+    list of its members' builders). With several processes, process 0 builds while the others
+    wait, then they all open the build. ConfigError for bad task parameters or a bad corpus."""
     if jax.process_count() == 1:
         return _prepare(cfg)
     if jax.process_index() == 0:
@@ -51,37 +60,85 @@ def prepare(cfg: DataConfig):
 
 
 def _prepare(cfg: DataConfig):
-    data_dir = os.path.expanduser(cfg.data_dir)
-    if cfg.task == "block":
-        from mta.data import tfds_block_task
+    if cfg.task != "mix":
+        return _prepare_task(cfg, "data")
+    members = mixture.member_configs(cfg)
+    return [_prepare_task(member, f"data.mixture[{i}]") for i, member in enumerate(members)]
 
-        b = cfg.block
-        config = tfds_block_task.block_task_config(
-            n=b.n,
-            l=b.l,
-            variant=b.variant,
-            length=b.length,
-            num_blocks=b.num_blocks or None,
-            num_train=b.num_train,
-            num_validation=b.num_validation,
-            num_test=b.num_test,
-            seed=b.seed,
-        )
-        return tfds_block_task.prepare_block_task(config, data_dir)
+
+def _prepare_task(cfg: DataConfig, key: str):
+    """Builds one task (at config key `key`: data or data.mixture[i]); counts the tokens of its
+    records when some could be longer than the rows."""
     make_config, build = _builders()[cfg.task]
+    if cfg.task == "block":
+        where, params = f"{key}.block", _block_params(cfg)
+    else:
+        where, params = f"{key}.params of task {cfg.task}", cfg.params
+    allowed = list(inspect.signature(make_config).parameters)
+    unknown = [name for name in params if name not in allowed]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown parameter {unknown[0]!r}; allowed: {', '.join(allowed)}"
+        )
     try:
-        config = make_config(**cfg.params)
+        config = make_config(**params)
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"data.params of task {cfg.task}: {' '.join(str(err).split())}") from None
-    return build(config, data_dir)
+        raise ConfigError(f"{where}: {' '.join(str(err).split())}") from None
+    try:
+        builder = build(config, os.path.expanduser(cfg.data_dir))
+    except text_corpus.CorpusError as err:
+        raise ConfigError(f"{where}: {' '.join(str(err).split())}") from None
+    if _can_be_too_long(cfg, key):
+        from mta.data import tfds_common
+
+        for split in tfds_common.SPLITS:
+            tfds_common.token_lengths(builder, split)
+    return builder
+
+
+def _block_params(cfg: DataConfig) -> dict:
+    """The block task's builder parameters (num_blocks 0: as many as fit in length)."""
+    b = cfg.block
+    return {
+        "n": b.n,
+        "l": b.l,
+        "variant": b.variant,
+        "length": b.length,
+        "num_blocks": b.num_blocks or None,
+        "num_train": b.num_train,
+        "num_validation": b.num_validation,
+        "num_test": b.num_test,
+        "seed": b.seed,
+    }
+
+
+def _can_be_too_long(cfg: DataConfig, key: str) -> bool:
+    """False for text (cut into chunks of the row length) and for the padded block task on its
+    own (its rows are as long as its examples)."""
+    if cfg.task == "text":
+        return False
+    return not (key == "data" and cfg.task == "block" and cfg.packing == "pad")
 
 
 def sequence_length(cfg: DataConfig) -> int:
     """Model input length T: `seq_len`, except for the padded block task, whose examples all
-    have one length (BOS + prompt + answer, minus the last token, which is only a target)."""
+    have one length (BOS + prompt + answer, minus the last token, which is only a target).
+    ValueError for a block task (also a mixture's) whose length fits no blocks."""
+    if cfg.task == "mix":
+        for index, member in enumerate(cfg.mixture):
+            if member.task == "block":
+                try:
+                    _block_example_length(member.block)
+                except ValueError as err:
+                    raise ValueError(f"mixture[{index}].block: {err}") from None
+        return cfg.seq_len
     if cfg.task != "block" or cfg.packing == "pack":
         return cfg.seq_len
-    b = cfg.block
+    return _block_example_length(cfg.block)
+
+
+def _block_example_length(b) -> int:
+    """len(prompt) + len(answer) of the block task's examples (data.block or a member's)."""
     num_blocks = b.num_blocks or block_task.blocks_for_length(b.n, b.l, b.variant, b.length)
     return block_task.example_length(b.n, b.l, b.variant, num_blocks)
 
@@ -112,9 +169,62 @@ class TextChunks:
 
 
 def split_source(builder, cfg: DataConfig, split: str, seq_len: int):
-    """The records of a split; text as chunks of seq_len + 1 tokens."""
+    """The records of a split (text as chunks of seq_len + 1 tokens; a mixture as one
+    `mixture.MixtureSource`). Process 0 warns (one line on stderr) about examples longer than
+    seq_len; ConfigError if every example of the split (of a member) would be dropped."""
+    if cfg.task != "mix":
+        source, counts = _open(builder, cfg, "data", split, seq_len)
+        _warn_too_long([counts] if counts else [], split, seq_len, cfg.too_long)
+        return source
+    members = mixture.member_configs(cfg)
+    opened = [
+        _open(member_builder, member, f"data.mixture[{i}]", split, seq_len)
+        for i, (member_builder, member) in enumerate(zip(builder, members, strict=True))
+    ]
+    _warn_too_long([counts for _, counts in opened if counts], split, seq_len, cfg.too_long)
+    tasks = [member.task for member in members]
+    names = [f"{m.task}/{b.builder_config.name}" for m, b in zip(members, builder, strict=True)]
+    weights = [member.weight for member in cfg.mixture]
+    return mixture.MixtureSource([source for source, _ in opened], tasks, names, weights)
+
+
+def _open(builder, cfg: DataConfig, key: str, split: str, seq_len: int):
+    """(source, (name, too long, examples) or None) of one task's split; see split_source."""
     source = builder.as_data_source()[split]
-    return TextChunks(source, seq_len + 1) if cfg.task == "text" else source
+    if cfg.task == "text":
+        return TextChunks(source, seq_len + 1), None
+    if not _can_be_too_long(cfg, key):
+        return source, None
+    from mta.data import tfds_common
+
+    lengths = tfds_common.token_lengths(builder, split)
+    too_long = int(np.sum(lengths - 1 > seq_len))
+    name = f"{cfg.task}/{builder.builder_config.name}"
+    if too_long == len(lengths) and cfg.too_long == "drop":
+        where = "" if key == "data" else f" ({key})"
+        raise ConfigError(
+            f"data.seq_len: every {split} example of {name}{where} is longer than {seq_len} "
+            f"tokens (the shortest has {int(lengths.min()) - 1}), so data.too_long=drop would "
+            f"leave nothing to read; set data.seq_len >= {int(lengths.max()) - 1} or "
+            "data.too_long=truncate"
+        )
+    return source, (name, too_long, len(lengths))
+
+
+def _warn_too_long(counts: list[tuple[str, int, int]], split: str, seq_len: int, too_long: str):
+    """One stderr line from process 0 if any (name, too long, examples) count is not zero."""
+    long_total = sum(count for _, count, _ in counts)
+    if not long_total or jax.process_index() != 0:
+        return
+    total = sum(size for _, _, size in counts)
+    action = "skipped" if too_long == "drop" else "cut (any answer past the cut is lost)"
+    detail = ", ".join(f"{name} {count}/{size}" for name, count, size in counts if count)
+    print(
+        f"warning: data.too_long={too_long}: {long_total} of {total} {split} examples "
+        f"({100 * long_total / total:.1f}%) are longer than data.seq_len={seq_len} tokens and "
+        f"are {action}: {detail}",
+        file=sys.stderr,
+    )
 
 
 def to_example(record: dict, seq_len: int, too_long: str) -> dict | None:
@@ -153,6 +263,14 @@ def read_batch(source, indices, seq_len: int, too_long: str = "drop") -> dict:
     return pad_batch([e if e is not None else empty for e in examples], seq_len)
 
 
+def index_stream(source, seed: int) -> grain.MapDataset:
+    """Infinite MapDataset of record indices of `source`, reshuffled every epoch from `seed`
+    (a mixture's: its members mixed by weight, see `mixture.index_stream`)."""
+    if isinstance(source, mixture.MixtureSource):
+        return mixture.index_stream(source, seed)
+    return grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat()
+
+
 def train_dataset(
     source,
     cfg: DataConfig,
@@ -167,7 +285,7 @@ def train_dataset(
     if global_batch % process_count:
         raise ValueError(f"batch size {global_batch} must divide over {process_count} processes")
     local_batch = global_batch // process_count
-    indices = grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat()
+    indices = index_stream(source, seed)
     if cfg.packing == "pad":
         batches = indices.batch(global_batch, drop_remainder=True)
         return batches.map(
@@ -197,9 +315,19 @@ def _rename_packing_fields(batch: dict) -> dict:
 
 
 def eval_batches(source, seq_len: int, num_examples: int, batch_size: int, too_long="drop"):
-    """The first `num_examples` of a split in order, as padded batches (the last one smaller)."""
-    count = min(num_examples, len(source))
-    starts = range(0, count, batch_size)
+    """The first `num_examples` of a split in order, as padded batches (the last one smaller).
+
+    A mixture is evaluated on every member (but text, whose chunks are never exact matches):
+    its first round(num_examples * weight / sum of weights) examples (at least one), member
+    after member, a batch never holding two members; so eval/* measure the mixture that is
+    trained on (see `mixture.eval_ranges`).
+    """
+    if isinstance(source, mixture.MixtureSource):
+        ranges = mixture.eval_ranges(source, num_examples)
+    else:
+        ranges = [range(min(num_examples, len(source)))]
     return [
-        read_batch(source, range(i, min(i + batch_size, count)), seq_len, too_long) for i in starts
+        read_batch(source, keys[i : i + batch_size], seq_len, too_long)
+        for keys in ranges
+        for i in range(0, len(keys), batch_size)
     ]

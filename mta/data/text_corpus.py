@@ -30,6 +30,12 @@ CORPUS_HELP = (
     '(each line a JSON object with a "text" string)'
 )
 
+
+class CorpusError(ValueError):
+    """A corpus directory that cannot be read as documents: one line naming the directory or
+    the file and line, and what is expected."""
+
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _NOT_PROSE = re.compile(r"[^A-Za-z ,.;:'\"()\-]")
 _UNDERLINE = set("*=-~^")
@@ -137,31 +143,33 @@ def gap_offsets(filler: Sequence[str]) -> list[int]:
 def _check_corpus_dir(directory: str | Path) -> list[Path]:
     path = Path(directory)
     if not path.is_dir():
-        raise ValueError(f"text corpus dir {str(directory)!r} does not exist: {CORPUS_HELP}")
+        raise CorpusError(f"text corpus dir {str(directory)!r} does not exist: {CORPUS_HELP}")
     files = sorted(
         file for file in path.rglob("*") if file.suffix in (".txt", ".jsonl") and file.is_file()
     )
     if not files:
-        raise ValueError(
+        raise CorpusError(
             f"text corpus dir {str(directory)!r} has no .txt or .jsonl file: {CORPUS_HELP}"
         )
     if all(file.stat().st_size == 0 for file in files):
-        raise ValueError(f"text corpus dir {str(directory)!r} has only empty files: {CORPUS_HELP}")
+        raise CorpusError(f"text corpus dir {str(directory)!r} has only empty files: {CORPUS_HELP}")
     return files
 
 
 def corpus_fingerprint(directory: str | Path) -> str:
     """8 hex digits of a hash of the directory's absolute path and its files' names and sizes.
 
-    Raises ValueError with one line naming the directory if it is missing, has no .txt/.jsonl
-    file, or only empty ones.
+    Raises CorpusError (a ValueError) with one line naming the directory if it is missing, has
+    no .txt/.jsonl file, or only empty ones.
     """
     files = _check_corpus_dir(directory)
     root = Path(directory).resolve()
     listing = [str(root)] + [
         f"{file.relative_to(directory)}\0{file.stat().st_size}" for file in files
     ]
-    return hashlib.blake2b("\n".join(listing).encode(), digest_size=4).hexdigest()
+    # File names that are not UTF-8 come as surrogate escapes; hash their bytes.
+    data = "\n".join(listing).encode("utf-8", "surrogateescape")
+    return hashlib.blake2b(data, digest_size=4).hexdigest()
 
 
 def bundled_fingerprint() -> str:
@@ -182,9 +190,9 @@ def _jsonl_documents(file: Path, name: str) -> Iterator[tuple[str, bytes]]:
                 # Invalid UTF-8 survives as lone surrogates and is restored when re-encoded.
                 record = json.loads(line.decode("utf-8", "surrogateescape"))
             except json.JSONDecodeError as error:
-                raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
+                raise CorpusError(f"{where}: not valid JSON ({error.msg})") from None
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f'{where}: expected a JSON object with a "text" string')
+                raise CorpusError(f'{where}: expected a JSON object with a "text" string')
             try:
                 data = record["text"].encode("utf-8", "surrogateescape")
             except UnicodeEncodeError:  # lone surrogates written as \ud800 escapes
@@ -196,16 +204,19 @@ def read_corpus(directory: str | Path) -> Iterator[tuple[str, bytes]]:
     """Yields (name, bytes) of every non-empty document of a corpus directory, in a fixed order.
 
     Names are paths relative to the directory, with ":line" for .jsonl documents. Raises
-    ValueError (one line naming the directory) if it is missing or holds no .txt/.jsonl file, and
-    ValueError naming file and line for a .jsonl line that is not a JSON object with "text".
+    CorpusError (a ValueError; one line naming the directory) if it is missing or holds no
+    .txt/.jsonl file, naming file and line for a .jsonl line that is not a JSON object with
+    "text", and naming the file if it cannot be read.
     """
     for file in _check_corpus_dir(directory):
         name = str(file.relative_to(directory))
-        if file.suffix == ".txt":
-            data = file.read_bytes()
-            if data:
-                yield name, data
-        else:
-            for name_line, data in _jsonl_documents(file, name):
-                if data:
-                    yield name_line, data
+        try:
+            if file.suffix == ".txt":
+                documents = [(name, file.read_bytes())]
+            else:
+                documents = _jsonl_documents(file, name)
+            yield from ((name, data) for name, data in documents if data)
+        except OSError as error:
+            raise CorpusError(
+                f"text corpus file {str(file)!r} cannot be read: {error.strerror}"
+            ) from None

@@ -22,7 +22,9 @@ import abc
 import contextlib
 import dataclasses
 import hashlib
+import io
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -314,3 +316,61 @@ def prepare(
         if not builder.is_prepared():
             builder.download_and_prepare(file_format="array_record")
     return builder
+
+
+def token_lengths(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
+    """int64 [records of split]: len(tokens) of every record of a split.
+
+    Counted once from the serialized records (about 20 us each, without decoding the other
+    features) and cached beside the build in `token_lengths-{split}.npy`; a data_dir that cannot
+    be written is counted again each time.
+    """
+    path = epath.Path(builder.data_dir) / f"token_lengths-{split}.npy"
+    source = builder.as_data_source()[split]
+    if path.exists():
+        lengths = np.load(io.BytesIO(path.read_bytes()))
+        if len(lengths) == len(source):
+            return lengths
+    lengths = _count_tokens(source)
+    buffer = io.BytesIO()
+    np.save(buffer, lengths)
+    partial = path.parent / f"{path.name}.{os.getpid()}.tmp"
+    try:
+        partial.write_bytes(buffer.getvalue())
+        partial.rename(path)  # atomic: processes counting at once each write a whole file
+    except OSError:
+        pass
+    return lengths
+
+
+def _count_tokens(source) -> np.ndarray:
+    """int64 [len(source)]: len(record["tokens"]) of every record of a TFDS data source."""
+    lengths = np.zeros(len(source), np.int64)
+    for start in range(0, len(source), 1024):
+        keys = list(range(start, min(start + 1024, len(source))))
+        counts = _serialized_token_counts(source, keys)
+        if counts is None:  # not array_record tf.Examples: decode whole records instead
+            counts = [len(record["tokens"]) for record in source.__getitems__(keys)]
+        lengths[start : start + len(keys)] = counts
+    return lengths
+
+
+def _serialized_token_counts(source, keys: list[int]) -> list[int] | None:
+    """len(tokens) of records `keys`, read from the serialized tf.Examples; None if the source
+    does not hold them."""
+    from google.protobuf.message import DecodeError
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    raw = getattr(source, "data_source", None)  # the array_record reader under TFDS's decoding
+    if not hasattr(raw, "__getitems__"):
+        return None
+    counts = []
+    try:
+        for record in raw.__getitems__(keys):
+            features = tf_example_pb2.Example.FromString(record).features.feature
+            if "tokens" not in features:
+                return None
+            counts.append(len(features["tokens"].int64_list.value))
+    except (DecodeError, TypeError):
+        return None
+    return counts

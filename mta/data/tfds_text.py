@@ -85,14 +85,15 @@ def text_config(
 def split_assignment(config: TextConfig) -> np.ndarray:
     """int8 [number of documents]: each document's index in SPLITS (0 train, 1 val, 2 test).
 
-    Raises ValueError if the corpus has too few documents for three non-empty splits.
+    Raises CorpusError (a ValueError) if the corpus has too few documents for three non-empty
+    splits.
     """
     count = sum(1 for _ in config.documents())
     num_validation = max(1, round(config.validation_fraction * count))
     num_test = max(1, round(config.test_fraction * count))
     if num_validation + num_test >= count:
         where = config.manual_dir or "the bundled corpus"
-        raise ValueError(
+        raise text_corpus.CorpusError(
             f"{where} has {count} non-empty documents: too few for a train, a validation and a "
             "test split (at least 3 are needed)"
         )
