@@ -19,8 +19,8 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests  # two workers: the 2-core machine's tests wait on compiles
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check mta scripts tests
-	$(VENV)/bin/ruff format --check mta scripts tests
+	$(VENV)/bin/ruff check mta scripts tests notebooks
+	$(VENV)/bin/ruff format --check mta scripts tests notebooks
 
 clean-venv:
 	rm -rf $(VENV)
