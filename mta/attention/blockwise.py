@@ -203,8 +203,6 @@ def _conv_valid(x_BCRS, kernel_OIQK, groups: int, seg_BR):
             windows.append(jnp.where(same_doc_BR[:, None, :, None], rows_BCRS, 0.0))
         x_BCRS = rearrange(windows, "a b c r s -> b (c a) r s")
         kernel_OIQK = rearrange(kernel_OIQK, "o i a k -> o (i a) 1 k")
-    elif kernel_OIQK.shape[1] == 1 and groups == x_BCRS.shape[1] == kernel_OIQK.shape[0]:
-        return _valid_depthwise(x_BCRS.astype(jnp.float32), kernel_OIQK[:, 0])
     return lax.conv_general_dilated(
         x_BCRS,
         kernel_OIQK,
@@ -214,19 +212,6 @@ def _conv_valid(x_BCRS, kernel_OIQK, groups: int, seg_BR):
         feature_group_count=groups,
         precision=_HIGHEST,
     )
-
-
-def _valid_depthwise(x_BHRS, kernel_HQK):
-    """Depthwise VALID cross-correlation as shifted multiply-adds (XLA fuses them; its grouped
-    convolution is several times slower on CPU): out[t, s] = sum theta[a, b] x[t + a, s + b]."""
-    c_q, c_k = kernel_HQK.shape[1:]
-    num_rows, num_cols = x_BHRS.shape[2] - (c_q - 1), x_BHRS.shape[3] - (c_k - 1)
-    taps = [
-        kernel_HQK[None, :, a, b, None, None] * x_BHRS[:, :, a : a + num_rows, b : b + num_cols]
-        for a in range(c_q)
-        for b in range(c_k)
-    ]
-    return sum(taps)
 
 
 def _pre_tile(plan: _Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC):

@@ -141,11 +141,12 @@ def _shift_rows_within_documents(x_BCTS, segment_ids_BT, shift: int):
 
 
 def _conv(x_BCTS, kernel_OIQK, groups: int):
-    """Grouped cross-correlation, padding (c_q-1, 0) on queries and (r, r) on keys."""
+    """lax grouped cross-correlation, padding (c_q-1, 0) on queries and (r, r) on keys.
+
+    (Shifted multiply-adds are faster forward on CPU, but their backward keeps one T x S
+    cotangent per tap alive: 10 GB at T = 2048 for a 6 x 11 kernel. See docs/benchmarks.md.)"""
     c_q, c_k = kernel_OIQK.shape[2:]
     r = (c_k - 1) // 2
-    if kernel_OIQK.shape[1] == 1 and groups == x_BCTS.shape[1] == kernel_OIQK.shape[0]:
-        return _depthwise(x_BCTS, kernel_OIQK[:, 0])
     return lax.conv_general_dilated(
         x_BCTS,
         kernel_OIQK,
@@ -155,24 +156,3 @@ def _conv(x_BCTS, kernel_OIQK, groups: int):
         feature_group_count=groups,
         precision=_HIGHEST,
     )
-
-
-def _depthwise(x_BHTS, kernel_HQK):
-    """The depthwise case of _conv as shifted multiply-adds, which XLA fuses into a few passes
-    over x: several times faster, forward and backward, than its grouped convolution on CPU.
-    Key taps first on unshifted rows, then one row shift per query tap."""
-    c_q, c_k = kernel_HQK.shape[1:]
-    r = (c_k - 1) // 2
-    num_q, num_k = x_BHTS.shape[2:]
-    x_pad = jnp.pad(x_BHTS, ((0, 0), (0, 0), (0, 0), (r, r)))
-    out_BHTS = jnp.zeros(x_BHTS.shape, jnp.float32)
-    for a in range(c_q):
-        taps = [
-            kernel_HQK[None, :, a, b, None, None] * x_pad[..., b : b + num_k] for b in range(c_k)
-        ]
-        shift = c_q - 1 - a  # row i reads row i - shift
-        if shift < num_q:
-            out_BHTS = (
-                out_BHTS + jnp.pad(sum(taps), ((0, 0), (0, 0), (shift, 0), (0, 0)))[:, :, :num_q]
-            )
-    return out_BHTS
