@@ -304,6 +304,18 @@ def train_dataset(
     return packed.batch(local_batch, drop_remainder=True).map(_rename_packing_fields)
 
 
+def train_iterator(builder, cfg: DataConfig, seq_len: int, global_batch: int, seed: int):
+    """This process's iterator over train_dataset of the builder's train split: dicts of
+    [B / processes, T] arrays; grain-checkpointable (saved with the model)."""
+    source = split_source(builder, cfg, "train", seq_len)
+    dataset = train_dataset(
+        source, cfg, seq_len, global_batch, seed, jax.process_index(), jax.process_count()
+    )
+    if isinstance(dataset, grain.MapDataset):
+        dataset = dataset.to_iter_dataset()
+    return iter(dataset)
+
+
 def _rename_packing_fields(batch: dict) -> dict:
     """grain's packing emits per-feature `<name>_segment_ids` / `<name>_positions`; the model
     takes one `segment_ids` and one `positions` ([B, T] int32)."""

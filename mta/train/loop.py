@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import grain
 import jax
 import numpy as np
 import yaml
@@ -116,18 +115,9 @@ def train(
     setup = TrainSetup(cfg, mesh)
     builder = pipeline.prepare(cfg.data)
     seq_len = pipeline.sequence_length(cfg.data)
-    train_ds = pipeline.train_dataset(
-        pipeline.split_source(builder, cfg.data, "train", seq_len),
-        cfg.data,
-        seq_len,
-        cfg.train.batch_size,
-        cfg.train.seed,
-        jax.process_index(),
-        jax.process_count(),
+    data_iter = pipeline.train_iterator(
+        builder, cfg.data, seq_len, cfg.train.batch_size, cfg.train.seed
     )
-    if isinstance(train_ds, grain.MapDataset):
-        train_ds = train_ds.to_iter_dataset()
-    data_iter = iter(train_ds)
     eval_data = pipeline.eval_batches(
         pipeline.split_source(builder, cfg.data, cfg.eval.split, seq_len),
         seq_len,

@@ -9,7 +9,6 @@ OUT.npz holds `{step}/{field}` arrays: this process's [B / 2, T] part of each ba
 import sys
 from pathlib import Path
 
-import grain
 import jax
 import numpy as np
 
@@ -24,18 +23,9 @@ def first_batches(overrides: list[str], count: int) -> list[dict]:
     cfg = load_config(None, overrides)
     builder = pipeline.prepare(cfg.data)
     seq_len = pipeline.sequence_length(cfg.data)
-    dataset = pipeline.train_dataset(
-        pipeline.split_source(builder, cfg.data, "train", seq_len),
-        cfg.data,
-        seq_len,
-        cfg.train.batch_size,
-        cfg.train.seed,
-        jax.process_index(),
-        jax.process_count(),
+    iterator = pipeline.train_iterator(
+        builder, cfg.data, seq_len, cfg.train.batch_size, cfg.train.seed
     )
-    if isinstance(dataset, grain.MapDataset):
-        dataset = dataset.to_iter_dataset()
-    iterator = iter(dataset)
     return [next(iterator) for _ in range(count)]
 
 
