@@ -213,10 +213,11 @@ class Attention(nnx.Module):
         return self._output(out_BTHD), cache
 
     def decode(self, x_B1E, cache):
-        """One token per row at position cache.lengths: x [B, 1, E] -> ([B, 1, E], cache)."""
+        """One token per row at position cache.lengths, reading the cache:
+        x [B, 1, E] -> ([B, 1, E], CacheUpdate for cached.commit)."""
         q_B1HD, k_B1KD, v_B1KD = self._qkv(x_B1E, cache.lengths[:, None])
-        out_B1HD, cache = cached.decode_step(q_B1HD, k_B1KD, v_B1KD, cache, **self._kernels())
-        return self._output(out_B1HD), cache
+        out_B1HD, update = cached.attend_step(q_B1HD, k_B1KD, v_B1KD, cache, **self._kernels())
+        return self._output(out_B1HD), update
 
 
 def _differential(q, k, v, segment_ids, lam):
@@ -291,10 +292,11 @@ class DiffAttention(nnx.Module):
         return self._output(out_BTHD), cache
 
     def decode(self, x_B1E, cache):
-        """One token per row at position cache.lengths: x [B, 1, E] -> ([B, 1, E], cache)."""
+        """One token per row at position cache.lengths, reading the cache:
+        x [B, 1, E] -> ([B, 1, E], CacheUpdate for cached.commit)."""
         q, k, v = self._qkv(x_B1E, cache.lengths[:, None])
-        out_B1HD, cache = cached.diff_decode_step(q, k, v, cache, self._lambda())
-        return self._output(out_B1HD), cache
+        out_B1HD, update = cached.diff_attend_step(q, k, v, cache, self._lambda())
+        return self._output(out_B1HD), update
 
 
 class MLP(nnx.Module):
@@ -347,10 +349,10 @@ class Block(nnx.Module):
         return x_BTE + self.mlp(self.mlp_norm(x_BTE)), cache
 
     def decode(self, x_B1E, cache):
-        """x [B, 1, E], one token per row -> ([B, 1, E], cache)."""
-        attn_B1E, cache = self.attn.decode(self.attn_norm(x_B1E), cache)
+        """x [B, 1, E], one token per row -> ([B, 1, E], CacheUpdate)."""
+        attn_B1E, update = self.attn.decode(self.attn_norm(x_B1E), cache)
         x_B1E = x_B1E + attn_B1E
-        return x_B1E + self.mlp(self.mlp_norm(x_B1E)), cache
+        return x_B1E + self.mlp(self.mlp_norm(x_B1E)), update
 
 
 class Transformer(nnx.Module):
@@ -415,13 +417,14 @@ class Transformer(nnx.Module):
 
     def decode(self, tokens_B1, caches):
         """One token per row, at position caches[l].lengths (RoPE included):
-        tokens [B, 1] -> (logits [B, 1, V] float32, updated caches)."""
+        tokens [B, 1] -> (logits [B, 1, V] float32, one CacheUpdate per layer). The caches
+        are only read; apply the updates with mta.attention.decode.commit (see its module)."""
         x_B1E = self.embed[...].astype(self.cfg.compute_dtype)[tokens_B1]
-        new_caches = []
+        updates = []
         for block, cache in zip(self.blocks, caches, strict=True):
-            x_B1E, cache = block.decode(x_B1E, cache)
-            new_caches.append(cache)
-        return self._logits(x_B1E), tuple(new_caches)
+            x_B1E, update = block.decode(x_B1E, cache)
+            updates.append(update)
+        return self._logits(x_B1E), tuple(updates)
 
     def _logits(self, x_BTE):
         """Final norm and unembedding: [B, T, E] -> [B, T, V] float32."""

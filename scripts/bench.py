@@ -165,8 +165,8 @@ def build_parser() -> OneLineParser:
     dec = sub.add_parser(
         "decode",
         help="per-token latency: cached vs recomputed decoding",
-        description="Per-token latency at attention level: baseline = decode_step without "
-        "kernels; mta_incremental = decode_step with the release MTA kernels and a cache of "
+        description="Per-token latency at attention level: baseline = attend_step + commit "
+        "without kernels; mta_incremental = the same with the release MTA kernels and a cache of "
         "CONTEXT positions; mta_recompute = recompute_step (the full dense T x T maps per "
         "token). Targets: incremental <= 2x baseline; >= 10x faster than recompute at 4096. "
         "--model-config adds mta.eval.generate.Generator (cached and use_cache=False).",
@@ -809,12 +809,12 @@ def synthetic_cache(B: int, S: int, H: int, D: int, length: int, kernels: dict):
 
     from mta.attention.decode import LayerCache
 
-    filled = (np.arange(S) < length)[None, :, None, None]
+    filled = (np.arange(S) < length)[None, None, :, None]
     n_pre = kernels["kq_pre"].shape[1] - 1 if "kq_pre" in kernels else 0
     n_post = kernels["kq_post"].shape[1] - 1 if "kq_post" in kernels else 0
     return LayerCache(
-        k=random_normal(20, (B, S, H, D)) * filled,
-        v=random_normal(21, (B, S, H, D)) * filled,
+        k=random_normal(20, (B, H, S, D)) * filled,
+        v=random_normal(21, (B, H, S, D)) * filled,
         lengths=np.full((B,), length, np.int32),
         logit_rows=random_normal(22, (B, H, n_pre, S)),
         prob_rows=np.full((B, H, n_post, S), 1.0 / S, np.float32),
@@ -826,7 +826,7 @@ def measure_decode(item: dict) -> dict:
     import jax
     import numpy as np
 
-    from mta.attention.decode import decode_step, recompute_step
+    from mta.attention.decode import attend_step, commit, recompute_step
 
     B, S, H, D = item["B"], item["context"], item["H"], item["D"]
     kernels = {} if item["method"] == "baseline" else release_kernels(H)
@@ -841,12 +841,13 @@ def measure_decode(item: dict) -> dict:
     # the cache holds `context` positions; the timed tokens fill its last free slots
     cache = synthetic_cache(B, S, H, D, S - item["steps"] - 2, kernels)
     q, k, v = (random_normal(30 + i, (B, 1, H, D)) for i in range(3))
-    step = jax.jit(decode_step, donate_argnums=3)
+    attend, write = jax.jit(attend_step), jax.jit(commit, donate_argnums=0)
     box = {"cache": cache}
 
-    def one_token():
-        out, box["cache"] = step(q, k, v, box["cache"], **kernels)
-        out.block_until_ready()
+    def one_token():  # as mta.eval.generate does it: the write is its own in-place call
+        out, update = attend(q, k, v, box["cache"], **kernels)
+        box["cache"] = write(box["cache"], update)
+        jax.block_until_ready((out, box["cache"]))
 
     return _per_token(time_calls(one_token, item["steps"], 1), B)
 
@@ -860,9 +861,10 @@ def _per_token(times: list[float], batch: int) -> dict:
 
 def measure_model_decode(item: dict) -> dict:
     """Child side: model-level per-token time of a mta.eval.generate.Generator over a random
-    model: its jitted decode step after a prompt pass of `context - steps - 1` tokens (cached),
-    or its jitted full forward over `context` positions (recompute). These are the Generator's
-    own jitted members; its public call adds sampling and Python work per token."""
+    model: its jitted decode step and cache commit after a prompt pass of `context - steps - 1`
+    tokens (cached), or its jitted full forward over `context` positions (recompute). These are
+    the Generator's own jitted members; its public call adds sampling and Python work per token."""
+    import jax
     import numpy as np
     from flax import nnx
 
@@ -888,8 +890,9 @@ def measure_model_decode(item: dict) -> dict:
 
     def one_token():
         token_B1 = tokens_BS[:, box["length"] : box["length"] + 1]
-        logits_BV, box["caches"] = gen._decode(gen.state, token_B1, box["caches"])
-        logits_BV.block_until_ready()
+        logits_BV, updates = gen._decode(gen.state, token_B1, box["caches"])
+        box["caches"] = gen._commit(box["caches"], updates)
+        jax.block_until_ready((logits_BV, box["caches"]))
         box["length"] += 1
 
     return _per_token(time_calls(one_token, steps, 1), 1)

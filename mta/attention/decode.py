@@ -1,14 +1,20 @@
 """Cached, incremental decoding: one new query row per step instead of the full T x T maps.
 
-A prompt pass (`prefill`) runs the dense path and fills a cache; each `decode_step` then computes
-only the new token's logit row against the cached keys, so every variant costs O(S) per token and
-layer, MTA included: its convolutions along queries read only the last c_q - 1 rows, which the
-cache keeps. `recompute_step` is the reference release's way (the full T x T maps every token),
-kept for benchmarks.
+A prompt pass (`prefill`) runs the dense path and fills a cache; each `attend_step` then computes
+only the new token's logit row against the cached keys (its own key and value join beside them),
+and `commit` writes the token into the cache; `decode_step` is the two in one. Jit them as two
+calls, `commit` with the cache donated: XLA:CPU copies a donated buffer that one program both
+reads and updates (16k positions, H=8, D=64: 40 ms per step for the copies against 1 ms for
+the products), while a program that only writes updates it in place.
+
+Every variant costs O(S) per token and layer, MTA included: its convolutions along queries read
+only the last c_q - 1 rows, which the cache keeps. `recompute_step` is the reference release's
+way (the full T x T maps every token), kept for benchmarks.
 
 Cache (`LayerCache`, a pytree; one per layer; S = S_max positions, rows oldest first):
 
-    k, v        [B, S, K, D]        keys and values of the kv heads; positions >= lengths are 0
+    k, v        [B, K, S, D]        keys and values of the kv heads, heads first so a step's two
+                                    products read them in place; positions >= lengths are 0
     lengths     [B] int32           tokens so far per row = position of the next token
     logit_rows  [B, H, c_q - 1, S]  the last c_q - 1 zero-masked logit rows (pre-softmax conv input)
     prob_rows   [B, H, c_q' - 1, S] the last c_q' - 1 probability rows (post-softmax conv input)
@@ -38,7 +44,7 @@ from einops import rearrange
 from jax import lax
 
 from mta.attention.conv import mix_heads
-from mta.attention.core import attention_logits, masked_softmax, weight_values
+from mta.attention.core import check_heads, masked_softmax
 from mta.attention.diff import differential_attention
 from mta.attention.mta import check_kernels, multi_token_attention
 
@@ -46,8 +52,8 @@ from mta.attention.mta import check_kernels, multi_token_attention
 class LayerCache(NamedTuple):
     """The decoding state of one attention layer (layout in the module docstring)."""
 
-    k: jax.Array  # [B, S, K, D]
-    v: jax.Array  # [B, S, K, D]
+    k: jax.Array  # [B, K, S, D]
+    v: jax.Array  # [B, K, S, D]
     lengths: jax.Array  # [B] int32
     logit_rows: jax.Array  # [B, H, c_q - 1, S]
     prob_rows: jax.Array  # [B, H, c_q' - 1, S]
@@ -66,7 +72,7 @@ def prefill(
     check_kernels(q.shape[2], kq_pre, head_pre, kq_post, head_post)
     out_BTHD = multi_token_attention(q, k, v, kq_pre, head_pre, kq_post, head_post)
     lengths_B = jnp.asarray(lengths, jnp.int32)
-    k_BSKD, v_BSKD = _pad_to_cache(k, v, lengths_B, max_len)
+    k_BKSD, v_BKSD = _pad_to_cache(k, v, lengths_B, max_len)
     n_pre, n_post = _pre_taps(kq_pre, head_pre) - 1, _post_taps(kq_post) - 1
     # The last n_pre + n_post zero-masked logit rows: the post window's rows and, before them,
     # the pre-conv rows they read. Positions before 0 give all-zero rows.
@@ -74,17 +80,26 @@ def prefill(
     index_BN11 = jnp.clip(positions_BN, 0, q.shape[1] - 1)[:, :, None, None]
     q_BNHD = jnp.take_along_axis(q, index_BN11, axis=1)
     mask_B1NS = _causal_rows_mask(positions_BN, max_len)
-    x_BHNS = jnp.where(mask_B1NS, attention_logits(q_BNHD, k_BSKD), 0.0)
+    x_BHNS = jnp.where(mask_B1NS, _logits(q_BNHD, k_BKSD), 0.0)
     logit_rows = x_BHNS[:, :, n_post:]
     if n_post:
         logits_BHNS = _pre_softmax(x_BHNS, kq_pre, head_pre)  # n_pre + n_post -> n_post rows
         prob_rows = masked_softmax(logits_BHNS, mask_B1NS[:, :, n_pre:])
     else:
         prob_rows = jnp.zeros(x_BHNS.shape[:2] + (0, max_len), jnp.float32)
-    return out_BTHD, LayerCache(k_BSKD, v_BSKD, lengths_B, logit_rows, prob_rows)
+    return out_BTHD, LayerCache(k_BKSD, v_BKSD, lengths_B, logit_rows, prob_rows)
 
 
-def decode_step(
+class CacheUpdate(NamedTuple):
+    """What one decoded token adds to a LayerCache (written by `commit`)."""
+
+    k: jax.Array  # [B, 1, K, D] the token's key, written at position lengths
+    v: jax.Array  # [B, 1, K, D] its value
+    logit_rows: jax.Array  # [B, H, c_q - 1, S] the window shifted by one row
+    prob_rows: jax.Array  # [B, H, c_q' - 1, S]
+
+
+def attend_step(
     q_B1HD,
     k_B1KD,
     v_B1KD,
@@ -94,26 +109,48 @@ def decode_step(
     kq_post=None,
     head_post=None,
 ):
-    """One new token per row at position cache.lengths: -> (out [B, 1, H, D], updated cache).
+    """One new token per row at position cache.lengths, reading the cache only:
+    -> (out [B, 1, H, D], CacheUpdate for `commit`).
 
     q [B, 1, H, D], k/v [B, 1, K, D], already position-encoded. The caller keeps
-    lengths < S_max (a write at S_max would be clamped onto the last position).
-    Steps on the new row only: logits, mask_0, pre conv with the stored rows, head mixing,
-    mask_-inf + softmax, post conv with the stored probability rows, mixing, mask_0, times V.
+    lengths < S_max. Steps on the new row only: logits, mask_0, pre conv with the stored rows,
+    head mixing, mask_-inf + softmax, post conv with the stored probability rows, mixing,
+    mask_0, times V. The new key and value enter at slot lengths beside the cached ones.
     """
     check_kernels(q_B1HD.shape[2], kq_pre, head_pre, kq_post, head_post)
     _check_windows(cache, _pre_taps(kq_pre, head_pre), _post_taps(kq_post))
-    cache = _append_kv(cache, k_B1KD, v_B1KD)
-    mask_B11S = _causal_rows_mask(cache.lengths[:, None], cache.k.shape[1])
-    x_BH1S = jnp.where(mask_B11S, attention_logits(q_B1HD, cache.k), 0.0)
+    mask_B11S, new_B11S = _row_masks(cache)
+    x_BH1S = jnp.where(mask_B11S, _new_row_logits(q_B1HD, k_B1KD, cache, new_B11S), 0.0)
     x_BHQS = jnp.concatenate([cache.logit_rows, x_BH1S], axis=2)  # c_q rows, oldest first
     logits_BH1S = _pre_softmax(x_BHQS, kq_pre, head_pre)
     probs_BHQS = jnp.concatenate([cache.prob_rows, masked_softmax(logits_BH1S, mask_B11S)], 2)
     weights_BH1S = _post_softmax(probs_BHQS, kq_post, head_post, mask_B11S)
-    out_B1HD = weight_values(weights_BH1S, cache.v)
-    return out_B1HD, cache._replace(
-        lengths=cache.lengths + 1, logit_rows=x_BHQS[:, :, 1:], prob_rows=probs_BHQS[:, :, 1:]
+    out_B1HD = _new_row_values(weights_BH1S, v_B1KD, cache, new_B11S)
+    return out_B1HD, CacheUpdate(k_B1KD, v_B1KD, x_BHQS[:, :, 1:], probs_BHQS[:, :, 1:])
+
+
+def commit(cache: LayerCache, update: CacheUpdate) -> LayerCache:
+    """Writes a step's key/value at each row's position and advances lengths by one.
+    Run it as its own jitted call with the cache donated: the writes are then in place."""
+    rows_B = jnp.arange(cache.k.shape[0])
+
+    def write(buf_BKSD, new_B1KD):
+        new_BKD = new_B1KD[:, 0].astype(buf_BKSD.dtype)
+        return buf_BKSD.at[rows_B, :, cache.lengths].set(new_BKD, mode="promise_in_bounds")
+
+    return LayerCache(
+        write(cache.k, update.k),
+        write(cache.v, update.v),
+        cache.lengths + 1,
+        update.logit_rows,
+        update.prob_rows,
     )
+
+
+def decode_step(q_B1HD, k_B1KD, v_B1KD, cache: LayerCache, **kernels):
+    """attend_step then commit: -> (out [B, 1, H, D], the cache one token longer)."""
+    out_B1HD, update = attend_step(q_B1HD, k_B1KD, v_B1KD, cache, **kernels)
+    return out_B1HD, commit(cache, update)
 
 
 def diff_prefill(q, k, v, lam, lengths, max_len: int):
@@ -121,23 +158,32 @@ def diff_prefill(q, k, v, lam, lengths, max_len: int):
     lam scalar or [H'], right-padded prompts of `lengths` [B] -> (out [B,T,H',2D], LayerCache)."""
     out_BTHD = differential_attention(q, k, v, lam)
     lengths_B = jnp.asarray(lengths, jnp.int32)
-    k_BSKD, v_BSKD = _pad_to_cache(k, v, lengths_B, max_len)
+    k_BKSD, v_BKSD = _pad_to_cache(k, v, lengths_B, max_len)
     no_rows = jnp.zeros((q.shape[0], q.shape[2] // 2, 0, max_len), jnp.float32)
-    return out_BTHD, LayerCache(k_BSKD, v_BSKD, lengths_B, no_rows, no_rows)
+    return out_BTHD, LayerCache(k_BKSD, v_BKSD, lengths_B, no_rows, no_rows)
+
+
+def diff_attend_step(q_B1HD, k_B1KD, v_B1KD, cache: LayerCache, lam):
+    """One differential-attention token per row, reading the cache only: q [B,1,2H',D],
+    k [B,1,2K',D], v [B,1,K',2D] -> (out [B, 1, H', 2D], CacheUpdate). (p1 - lam p2) @ v."""
+    mask_B11S, new_B11S = _row_masks(cache)
+    q1_B1HD, q2_B1HD = rearrange(q_B1HD, "b t (h two) d -> two b t h d", two=2)
+    k1_B1KD, k2_B1KD = rearrange(k_B1KD, "b t (k two) d -> two b t k d", two=2)
+    k1_BKSD, k2_BKSD = rearrange(cache.k, "b (k two) s d -> two b k s d", two=2)
+    probs = [
+        masked_softmax(_new_row_logits(q, k, cache._replace(k=k_cache), new_B11S), mask_B11S)
+        for q, k, k_cache in ((q1_B1HD, k1_B1KD, k1_BKSD), (q2_B1HD, k2_B1KD, k2_BKSD))
+    ]
+    lam_1H11 = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (q1_B1HD.shape[2],))
+    weights_BH1S = probs[0] - lam_1H11[:, None, None] * probs[1]
+    out_B1HD = _new_row_values(weights_BH1S, v_B1KD, cache, new_B11S)
+    return out_B1HD, CacheUpdate(k_B1KD, v_B1KD, cache.logit_rows, cache.prob_rows)
 
 
 def diff_decode_step(q_B1HD, k_B1KD, v_B1KD, cache: LayerCache, lam):
-    """One differential-attention token per row: q [B,1,2H',D], k [B,1,2K',D], v [B,1,K',2D]
-    -> (out [B, 1, H', 2D], cache). Two softmax rows: (p1 - lam p2) @ v."""
-    cache = _append_kv(cache, k_B1KD, v_B1KD)
-    mask_B11S = _causal_rows_mask(cache.lengths[:, None], cache.k.shape[1])
-    q1_B1HD, q2_B1HD = rearrange(q_B1HD, "b t (h two) d -> two b t h d", two=2)
-    k1_BSKD, k2_BSKD = rearrange(cache.k, "b s (k two) d -> two b s k d", two=2)
-    probs1_BH1S = masked_softmax(attention_logits(q1_B1HD, k1_BSKD), mask_B11S)
-    probs2_BH1S = masked_softmax(attention_logits(q2_B1HD, k2_BSKD), mask_B11S)
-    lam_1H11 = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (q1_B1HD.shape[2],))
-    weights_BH1S = probs1_BH1S - lam_1H11[:, None, None] * probs2_BH1S
-    return weight_values(weights_BH1S, cache.v), cache._replace(lengths=cache.lengths + 1)
+    """diff_attend_step then commit: -> (out [B, 1, H', 2D], the cache one token longer)."""
+    out_B1HD, update = diff_attend_step(q_B1HD, k_B1KD, v_B1KD, cache, lam)
+    return out_B1HD, commit(cache, update)
 
 
 def recompute_step(
@@ -208,22 +254,62 @@ def _causal_rows_mask(positions_BN, num_keys: int):
     return (jnp.arange(num_keys) <= positions_BN[:, :, None])[:, None]
 
 
+def _row_masks(cache: LayerCache):
+    """Keys the new row may read (j <= lengths) and its own key's slot (j == lengths): [B,1,1,S]."""
+    positions_S, lengths_B111 = jnp.arange(cache.k.shape[2]), cache.lengths[:, None, None, None]
+    return positions_S <= lengths_B111, positions_S == lengths_B111
+
+
+def _new_row_logits(q_B1HD, k_B1KD, cache: LayerCache, new_B11S):
+    """The new query's logits [B, H, 1, S] against the cached keys and, at slot lengths, its own."""
+    own_BH11 = _logits(q_B1HD, rearrange(k_B1KD, "b 1 k d -> b k 1 d"))
+    return jnp.where(new_B11S, own_BH11, _logits(q_B1HD, cache.k))
+
+
+def _new_row_values(weights_BH1S, v_B1KD, cache: LayerCache, new_B11S):
+    """weights [B, H, 1, S] over the cached values and, at slot lengths, the new value
+    -> [B, 1, H, D]."""
+    cached_B1HD = _weight_values(jnp.where(new_B11S, 0.0, weights_BH1S), cache.v)
+    own_BH11 = jnp.sum(jnp.where(new_B11S, weights_BH1S, 0.0), axis=-1, keepdims=True)
+    return cached_B1HD + _weight_values(own_BH11, rearrange(v_B1KD, "b 1 k d -> b k 1 d"))
+
+
+def _logits(q_BNHD, k_BKSD):
+    """attention_logits for the cache's layout: q [B, N, H, D], k [B, K, S, D] -> [B, H, N, S]."""
+    group = check_heads(q_BNHD.shape[2], k_BKSD.shape[1])
+    q_BKDM = rearrange(q_BNHD, "b n (k g) d -> b k d (g n)", g=group)
+    # keys on the left: XLA:CPU then multiplies the cache as stored (q on the left made it
+    # transpose the whole [S, D] cache every step)
+    logits_BKSM = jnp.einsum("bksd,bkdm->bksm", k_BKSD, q_BKDM, preferred_element_type=jnp.float32)
+    logits_BHNS = rearrange(logits_BKSM, "b k s (g n) -> b (k g) n s", g=group)
+    return logits_BHNS * q_BNHD.shape[-1] ** -0.5
+
+
+def _weight_values(weights_BHNS, v_BKSD):
+    """weight_values for the cache's layout: weights [B, H, N, S], v [B, K, S, D]
+    -> [B, N, H, D] (v's dtype)."""
+    group = check_heads(weights_BHNS.shape[1], v_BKSD.shape[1])
+    weights_BKGNS = rearrange(weights_BHNS, "b (k g) n s -> b k g n s", g=group)
+    out_BKGND = jnp.einsum(
+        "bkgns,bksd->bkgnd",
+        weights_BKGNS.astype(v_BKSD.dtype),
+        v_BKSD,
+        preferred_element_type=jnp.float32,
+    )
+    return rearrange(out_BKGND, "b k g n d -> b n (k g) d").astype(v_BKSD.dtype)
+
+
 def _pad_to_cache(k_BTKD, v_BTKD, lengths_B, max_len: int):
-    """Prompt keys/values [B, T, K, D] -> [B, max_len, K, D], zero at positions >= lengths."""
+    """Prompt keys/values [B, T, K, D] -> [B, K, max_len, D], zero at positions >= lengths."""
     num_tokens = k_BTKD.shape[1]
     if max_len < num_tokens:
         raise ValueError(f"max_len ({max_len}) must be at least the prompt length ({num_tokens})")
     keep_BT11 = (jnp.arange(num_tokens) < lengths_B[:, None])[:, :, None, None]
-    pad = ((0, 0), (0, max_len - num_tokens), (0, 0), (0, 0))
-    return (jnp.pad(jnp.where(keep_BT11, x, 0), pad) for x in (k_BTKD, v_BTKD))
-
-
-def _append_kv(cache: LayerCache, k_B1KD, v_B1KD) -> LayerCache:
-    """Writes each row's new key/value at its position cache.lengths[b] (lengths unchanged)."""
-    write = jax.vmap(lambda buf, new, pos: lax.dynamic_update_slice_in_dim(buf, new, pos, 0))
-    k = write(cache.k, k_B1KD.astype(cache.k.dtype), cache.lengths)
-    v = write(cache.v, v_B1KD.astype(cache.v.dtype), cache.lengths)
-    return cache._replace(k=k, v=v)
+    pad = ((0, 0), (0, 0), (0, max_len - num_tokens), (0, 0))
+    return (
+        jnp.pad(rearrange(jnp.where(keep_BT11, x, 0), "b t k d -> b k t d"), pad)
+        for x in (k_BTKD, v_BTKD)
+    )
 
 
 def _pre_taps(kq_pre, head_pre) -> int:

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from mta.attention import decode as cached
 from mta.data.tokenizer import EOS, NUM_BYTES, PAD, encode
 
 
@@ -54,9 +55,14 @@ def _prefill(graphdef, state, tokens_BT, lengths_B, max_len: int):
 
 
 def _decode(graphdef, state, tokens_B1, caches):
-    """-> (logits of the new token [B, V], caches)."""
-    logits_B1V, caches = nnx.merge(graphdef, state).decode(tokens_B1, caches)
-    return logits_B1V[:, 0], caches
+    """-> (logits of the new token [B, V], one CacheUpdate per layer); caches are only read."""
+    logits_B1V, updates = nnx.merge(graphdef, state).decode(tokens_B1, caches)
+    return logits_B1V[:, 0], updates
+
+
+def _commit(caches, updates):
+    """Each layer's cache one token longer (jitted apart with caches donated: in place)."""
+    return tuple(map(cached.commit, caches, updates))
 
 
 def _recompute(graphdef, state, tokens_BS, lengths_B):
@@ -76,6 +82,7 @@ class Generator:
         graphdef, self.state = nnx.split(model)
         self._prefill = jax.jit(functools.partial(_prefill, graphdef), static_argnames="max_len")
         self._decode = jax.jit(functools.partial(_decode, graphdef))
+        self._commit = jax.jit(_commit, donate_argnums=0)
         self._recompute = jax.jit(functools.partial(_recompute, graphdef))
         self._sample = jax.jit(sample_tokens, static_argnames=("temperature", "top_k"))
 
@@ -123,7 +130,8 @@ class Generator:
             if all(row.done for row in rows) or step == max_new_tokens - 1:
                 break
             if use_cache:
-                logits_BV, caches = self._decode(self.state, next_B[:, None], caches)
+                logits_BV, updates = self._decode(self.state, next_B[:, None], caches)
+                caches = self._commit(caches, updates)
             else:
                 buffer_BS[np.arange(len(rows)), lengths_B + step] = next_B
                 logits_BV = self._recompute(self.state, buffer_BS, lengths_B + step + 1)

@@ -127,11 +127,11 @@ def test_prefill_and_steps_equal_dense_at_every_position(combo):
         pre_taps = combo.head_pre[2]
     post_taps = combo.post[0] if combo.post else 1
     batch, heads = len(LENGTHS), combo.heads
-    assert cache.k.shape == (batch, MAX_LEN, combo.kv_heads, q.shape[3])
+    assert cache.k.shape == (batch, combo.kv_heads, MAX_LEN, q.shape[3])
     assert cache.logit_rows.shape == (batch, heads, pre_taps - 1, MAX_LEN)
     assert cache.prob_rows.shape == (batch, heads, post_taps - 1, MAX_LEN)
     for b, length in enumerate(cache.lengths):
-        assert not np.any(cache.k[b, length:]) and not np.any(cache.v[b, length:])
+        assert not np.any(cache.k[b, :, length:]) and not np.any(cache.v[b, :, length:])
 
 
 def test_windows_matter():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mta.attention import decode as cached
 from mta.config import load_config
 from mta.eval.generate import Generator, sample_tokens
 from mta.model import DIFF_PARAM_NAMES, MTA_PARAM_NAMES, Transformer
@@ -81,6 +82,7 @@ def test_prefill_and_decode_give_forward_logits(variant):
     graphdef, state = nnx.split(model)
     prefill = jax.jit(lambda s, t, n: nnx.merge(graphdef, s).prefill(t, n, MAX_LEN))
     decode = jax.jit(lambda s, t, caches: nnx.merge(graphdef, s).decode(t, caches))
+    commit = jax.jit(lambda caches, updates: tuple(map(cached.commit, caches, updates)))
     rng = np.random.default_rng(1)
     batch, num_tokens = len(LENGTHS), int(LENGTHS.max()) + NUM_STEPS
     tokens_BN = rng.integers(0, 259, size=(batch, num_tokens)).astype(np.int32)
@@ -96,7 +98,8 @@ def test_prefill_and_decode_give_forward_logits(variant):
     rows = np.arange(batch)
     for step in range(NUM_STEPS):
         pos_B = LENGTHS + step
-        logits_B1V, caches = decode(state, tokens_BN[rows, pos_B][:, None], caches)
+        logits_B1V, updates = decode(state, tokens_BN[rows, pos_B][:, None], caches)
+        caches = commit(caches, updates)
         got_BNV[rows, pos_B] = logits_B1V[:, 0]
     assert len(caches) == model.cfg.num_layers
     for b, length in enumerate(LENGTHS):
