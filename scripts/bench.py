@@ -71,6 +71,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def positive_float(text: str) -> float:
     """argparse type: a number > 0."""
     try:
@@ -144,7 +155,9 @@ def build_parser() -> OneLineParser:
     )  # fmt: skip
     _shape_options(att)
     att.add_argument("--repeats", type=positive_int, default=5, help="timed calls (median)")
-    att.add_argument("--warmup", type=positive_int, default=1, help="untimed calls after compile")
+    att.add_argument(
+        "--warmup", type=non_negative_int, default=1, help="untimed calls after compile (>= 0)"
+    )
     _subprocess_options(att, timeout=600)
     _common(att)
 
