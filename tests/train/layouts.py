@@ -3,8 +3,8 @@ several mesh layouts in one process (one start-up for all) and prints {layout: l
 
     python tests/train/layouts.py ROOT CONFIG OVERRIDES_JSON LAYOUTS_JSON
 
-LAYOUTS_JSON maps a name to extra overrides; a name "a>b" first trains run `a`'s first half
-under its own overrides, then continues that checkpoint under `b`'s (a resharding restore).
+LAYOUTS_JSON maps a name to extra overrides, or to a pair [first, then] of them: train the first
+half of the run under `first`, then continue that checkpoint under `then` (a resharding restore).
 """
 
 import json
@@ -21,11 +21,11 @@ def main(root: str, config: str, overrides: str, layouts: str) -> None:
     losses = {}
     for name, extra in layouts.items():
         workdir = Path(root) / name.replace(">", "_to_")
-        cfg = load_config(config, overrides + extra)
-        if ">" in name:
-            first = layouts[name.split(">")[0]]
-            train(load_config(config, overrides + first), workdir, until_step=cfg.train.steps // 2)
-        train(cfg, workdir)
+        if isinstance(extra[0], list):
+            first, extra = extra
+            cfg = load_config(config, overrides + first)
+            train(cfg, workdir, until_step=cfg.train.steps // 2)
+        train(load_config(config, overrides + extra), workdir)
         losses[name] = [r["loss"] for r in read_metrics(workdir)]
     print(json.dumps(losses))
 

@@ -116,8 +116,8 @@ def test_every_mesh_layout_trains_like_one_device(tiny_overrides, tmp_path):
 def test_tensor_parallel_variants_and_resharding_restore(tiny_overrides, tmp_path, variant):
     overrides = [*tiny_overrides, *variant]
     one = train(tmp_path / "one", overrides)
-    layouts = {"fsdp4_tensor2": LAYOUTS["fsdp4_tensor2"], "data8": LAYOUTS["data8"]}
-    # written on data=8 after 2 steps, continued on fsdp=4 x tensor=2
-    layouts["data8>fsdp4_tensor2"] = LAYOUTS["fsdp4_tensor2"]
+    # written on data=8 after 2 steps, continued on fsdp=4 x tensor=2: the tensor-parallel steps
+    # are checked against one device, and so is the resharding restore
+    layouts = {"data8>fsdp4_tensor2": [LAYOUTS["data8"], LAYOUTS["fsdp4_tensor2"]]}
     for layout, losses in train_layouts(tmp_path, overrides, layouts).items():
         np.testing.assert_allclose(losses, one, rtol=1e-5, err_msg=layout)
