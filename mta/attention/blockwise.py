@@ -40,6 +40,7 @@ from einops import rearrange
 from jax import lax
 
 from mta.attention.conv import check_head_kernel, check_kq_kernel, mix_heads
+from mta.attention.depthwise import depthwise_conv_valid
 from mta.attention.core import attention_logits, check_heads, weight_values
 
 _HIGHEST = lax.Precision.HIGHEST
@@ -190,19 +191,26 @@ def _conv_valid(x_BCRS, kernel_OIQK, groups: int, seg_BR):
     """MTA conv without padding: x [B, C, R + c_q - 1, S + c_k - 1] -> [B, O, R, S] float32.
 
     Output row t reads input rows t .. t + c_q - 1 (its own row is the last); with seg_BR (ids of
-    the input rows) a tap reads 0 from a row of another document than the output row's: the c_q
-    row windows, foreign rows zeroed, are stacked as input channels of one key-axis conv.
+    the input rows) a tap reads 0 from a row of another document than the output row's, so each
+    query tap a convolves its own row window (foreign rows zeroed) along keys.
+    Depthwise kernels run as shifted multiply-adds (depthwise.py), 3-D head kernels through lax.
     """
     c_q = kernel_OIQK.shape[2]
-    if seg_BR is not None and c_q > 1:
-        num_rows = x_BCRS.shape[2] - (c_q - 1)
-        windows = []
-        for a in range(c_q):  # rows t + a of output row t, kept if in its document
-            same_doc_BR = seg_BR[:, a : a + num_rows] == seg_BR[:, c_q - 1 :]
-            rows_BCRS = x_BCRS[:, :, a : a + num_rows]
-            windows.append(jnp.where(same_doc_BR[:, None, :, None], rows_BCRS, 0.0))
-        x_BCRS = rearrange(windows, "a b c r s -> b (c a) r s")
-        kernel_OIQK = rearrange(kernel_OIQK, "o i a k -> o (i a) 1 k")
+    if seg_BR is None or c_q == 1:
+        return _conv_rows(x_BCRS, kernel_OIQK, groups)
+    num_rows = x_BCRS.shape[2] - (c_q - 1)
+    out = 0.0
+    for a in range(c_q):  # rows t + a of output row t, kept if in its document
+        same_doc_BR = seg_BR[:, a : a + num_rows] == seg_BR[:, c_q - 1 :]
+        rows_BCRS = jnp.where(same_doc_BR[:, None, :, None], x_BCRS[:, :, a : a + num_rows], 0.0)
+        out = out + _conv_rows(rows_BCRS, kernel_OIQK[:, :, a : a + 1], groups)
+    return out
+
+
+def _conv_rows(x_BCRS, kernel_OIQK, groups: int):
+    """Unpadded grouped cross-correlation: [B, C, R + c_q - 1, S + c_k - 1] -> [B, O, R, S]."""
+    if kernel_OIQK.shape[1] == 1 and groups == x_BCRS.shape[1]:
+        return depthwise_conv_valid(x_BCRS, kernel_OIQK[:, 0])
     return lax.conv_general_dilated(
         x_BCRS,
         kernel_OIQK,

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 from einops import rearrange
 from jax import lax
 
+from mta.attention.depthwise import depthwise_conv_valid
+
 _HIGHEST = lax.Precision.HIGHEST
 
 
@@ -95,13 +97,19 @@ def mix_heads(x_BHTS: jax.Array, weights: jax.Array) -> jax.Array:
         new[n*c_h + o] = sum_i x[n*c_h + i] W[n, i, o].
     """
     check_head_kernel(weights, x_BHTS.shape[1], "weights")
-    x_BHTS = x_BHTS.astype(jnp.float32)
+    batch, heads, num_queries, num_keys = x_BHTS.shape
     weights = weights.astype(jnp.float32)
-    if weights.ndim == 2:
-        return jnp.einsum("gh,bhts->bgts", weights, x_BHTS, precision=_HIGHEST)
-    x_BNITS = rearrange(x_BHTS, "b (n i) t s -> b n i t s", i=weights.shape[1])
-    out_BNOTS = jnp.einsum("bnits,nio->bnots", x_BNITS, weights, precision=_HIGHEST)
-    return rearrange(out_BNOTS, "b n o t s -> b (n o) t s")
+    # both forms as groups: weights_NOI[n, o, i] (linear: one group, W[g, h] = [o, i])
+    weights_NOI = weights[None] if weights.ndim == 2 else jnp.swapaxes(weights, 1, 2)
+    num_groups, group = weights_NOI.shape[:2]
+    # [c_h, c_h] @ [c_h, T*S] per (batch, group), weights on the left: with the map on the
+    # left XLA:CPU transposed it to [T*S, H], fused into the convolution's loop (4x slower)
+    x_BNIX = x_BHTS.astype(jnp.float32).reshape(batch, num_groups, group, -1)
+    weights_BNOI = jnp.broadcast_to(weights_NOI, (batch,) + weights_NOI.shape)
+    out_BNOX = lax.dot_general(
+        weights_BNOI, x_BNIX, (((3,), (2,)), ((0, 1), (0, 1))), precision=_HIGHEST
+    )
+    return out_BNOX.reshape(batch, heads, num_queries, num_keys)
 
 
 def _conv_queries_keys(x_BCTS, kernel_OIQK, groups: int, segment_ids):
@@ -141,12 +149,15 @@ def _shift_rows_within_documents(x_BCTS, segment_ids_BT, shift: int):
 
 
 def _conv(x_BCTS, kernel_OIQK, groups: int):
-    """lax grouped cross-correlation, padding (c_q-1, 0) on queries and (r, r) on keys.
+    """Grouped cross-correlation, padding (c_q-1, 0) on queries and (r, r) on keys.
 
-    (Shifted multiply-adds are faster forward on CPU, but their backward keeps one T x S
-    cotangent per tap alive: 10 GB at T = 2048 for a 6 x 11 kernel. See docs/benchmarks.md.)"""
+    Depthwise kernels (one input channel per group) run as shifted multiply-adds
+    (depthwise.py); the 3-D head kernels through lax."""
     c_q, c_k = kernel_OIQK.shape[2:]
     r = (c_k - 1) // 2
+    if kernel_OIQK.shape[1] == 1 and groups == x_BCTS.shape[1]:
+        x_BCTS = jnp.pad(x_BCTS, ((0, 0), (0, 0), (c_q - 1, 0), (r, r)))
+        return depthwise_conv_valid(x_BCTS, kernel_OIQK[:, 0])
     return lax.conv_general_dilated(
         x_BCTS,
         kernel_OIQK,

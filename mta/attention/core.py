@@ -34,14 +34,17 @@ def attention_logits(q_BTHD: jax.Array, k_BSKD: jax.Array) -> jax.Array:
 def weight_values(weights_BHTS: jax.Array, v_BSKD: jax.Array) -> jax.Array:
     """Weighted sum of values: weights [B, H, T, S], v [B, S, K, D] -> [B, T, H, D] (v's dtype)."""
     group = check_heads(weights_BHTS.shape[1], v_BSKD.shape[2])
-    weights_BKGTS = rearrange(weights_BHTS, "b (k g) t s -> b k g t s", g=group)
-    out_BTKGD = jnp.einsum(
-        "bkgts,bskd->btkgd",
-        weights_BKGTS.astype(v_BSKD.dtype),
-        v_BSKD,
+    # [T, S] @ [S, D] per head: with the weights on the left XLA:CPU reads them row by row (with
+    # v on the left it transposed the whole [B, H, T, S] map first, fused into its producer)
+    weights_BKRS = rearrange(weights_BHTS, "b (k g) t s -> b k (g t) s", g=group)
+    v_BKSD = rearrange(v_BSKD, "b s k d -> b k s d")
+    out_BKRD = jnp.einsum(
+        "bkrs,bksd->bkrd",
+        weights_BKRS.astype(v_BSKD.dtype),
+        v_BKSD,
         preferred_element_type=jnp.float32,
     )
-    return rearrange(out_BTKGD, "b t k g d -> b t (k g) d").astype(v_BSKD.dtype)
+    return rearrange(out_BKRD, "b k (g t) d -> b t (k g) d", g=group).astype(v_BSKD.dtype)
 
 
 def causal_mask(
