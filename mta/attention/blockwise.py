@@ -40,8 +40,8 @@ from einops import rearrange
 from jax import lax
 
 from mta.attention.conv import check_head_kernel, check_kq_kernel, mix_heads
-from mta.attention.depthwise import depthwise_conv_valid
 from mta.attention.core import attention_logits, check_heads, weight_values
+from mta.attention.depthwise import depthwise_conv_valid
 
 _HIGHEST = lax.Precision.HIGHEST
 BLOCK_Q = 128

@@ -31,8 +31,13 @@ def _reference(x, kernel, d_out):
 # windows of the kernel gradient, and column counts that do and do not fill the last window
 @pytest.mark.parametrize(
     "shape",
-    [(2, 3, 9, 20, 2, 5), (1, 2, 12, 40, 6, 11), (2, 1, 5, 7, 1, 1), (1, 2, 8, 45, 3, 21),
-     (1, 2, 7, 33, 4, 1)],
+    [
+        (2, 3, 9, 20, 2, 5),
+        (1, 2, 12, 40, 6, 11),
+        (2, 1, 5, 7, 1, 1),
+        (1, 2, 8, 45, 3, 21),
+        (1, 2, 7, 33, 4, 1),
+    ],
 )
 def test_matches_float64_loops(shape):
     batch, heads, rows, cols, c_q, c_k = shape
