@@ -19,8 +19,11 @@ Cache (`LayerCache`, a pytree; one per layer; S = S_max positions, rows oldest f
     logit_rows  [B, H, c_q - 1, S]  the last c_q - 1 zero-masked logit rows (pre-softmax conv input)
     prob_rows   [B, H, c_q' - 1, S] the last c_q' - 1 probability rows (post-softmax conv input)
 
-A window has 0 rows when its conv is absent (c_q = 1 counts as absent). A row of a position
-before 0 is all zeros, which is what the dense conv's padding reads.
+A window is a ring: the row of position p sits in slot p mod (c_q - 1), so a step writes one row
+(in place, in `commit`) instead of shifting the window; the step turns the kernel's query taps
+to match the slots instead of reordering the rows. A window has 0 rows when its conv is absent
+(c_q = 1 counts as absent). A row of a position before 0 is all zeros, which is what the dense
+conv's padding reads.
 
 Batches: prompts are right-padded; row b holds its tokens at positions 0..lengths[b]-1 and
 writes its next token at lengths[b]. Row b reads nothing at or beyond its own length (entries
@@ -45,6 +48,7 @@ from jax import lax
 
 from mta.attention.conv import mix_heads
 from mta.attention.core import check_heads, masked_softmax
+from mta.attention.depthwise import depthwise_conv_valid
 from mta.attention.diff import differential_attention
 from mta.attention.mta import check_kernels, multi_token_attention
 
@@ -81,10 +85,10 @@ def prefill(
     q_BNHD = jnp.take_along_axis(q, index_BN11, axis=1)
     mask_B1NS = _causal_rows_mask(positions_BN, max_len)
     x_BHNS = jnp.where(mask_B1NS, _logits(q_BNHD, k_BKSD), 0.0)
-    logit_rows = x_BHNS[:, :, n_post:]
+    logit_rows = _to_ring(x_BHNS[:, :, n_post:], lengths_B)
     if n_post:
         logits_BHNS = _pre_softmax(x_BHNS, kq_pre, head_pre)  # n_pre + n_post -> n_post rows
-        prob_rows = masked_softmax(logits_BHNS, mask_B1NS[:, :, n_pre:])
+        prob_rows = _to_ring(masked_softmax(logits_BHNS, mask_B1NS[:, :, n_pre:]), lengths_B)
     else:
         prob_rows = jnp.zeros(x_BHNS.shape[:2] + (0, max_len), jnp.float32)
     return out_BTHD, LayerCache(k_BKSD, v_BKSD, lengths_B, logit_rows, prob_rows)
@@ -95,8 +99,8 @@ class CacheUpdate(NamedTuple):
 
     k: jax.Array  # [B, 1, K, D] the token's key, written at position lengths
     v: jax.Array  # [B, 1, K, D] its value
-    logit_rows: jax.Array  # [B, H, c_q - 1, S] the window shifted by one row
-    prob_rows: jax.Array  # [B, H, c_q' - 1, S]
+    logit_row: jax.Array  # [B, H, 1, S] its zero-masked logit row (0 rows without a pre conv)
+    prob_row: jax.Array  # [B, H, 1, S] its probability row (0 rows without a post conv)
 
 
 def attend_step(
@@ -121,12 +125,19 @@ def attend_step(
     _check_windows(cache, _pre_taps(kq_pre, head_pre), _post_taps(kq_post))
     mask_B11S, new_B11S = _row_masks(cache)
     x_BH1S = jnp.where(mask_B11S, _new_row_logits(q_B1HD, k_B1KD, cache, new_B11S), 0.0)
-    x_BHQS = jnp.concatenate([cache.logit_rows, x_BH1S], axis=2)  # c_q rows, oldest first
-    logits_BH1S = _pre_softmax(x_BHQS, kq_pre, head_pre)
-    probs_BHQS = jnp.concatenate([cache.prob_rows, masked_softmax(logits_BH1S, mask_B11S)], 2)
-    weights_BH1S = _post_softmax(probs_BHQS, kq_post, head_post, mask_B11S)
+    logits_BH1S = _pre_softmax_step(x_BH1S, cache.logit_rows, cache.lengths, kq_pre, head_pre)
+    probs_BH1S = masked_softmax(logits_BH1S, mask_B11S)
+    weights_BH1S = probs_BH1S
+    if kq_post is not None:
+        weights_BH1S = _conv_step(probs_BH1S, cache.prob_rows, cache.lengths, kq_post)
+    if head_post is not None:
+        weights_BH1S = mix_heads(weights_BH1S, head_post)
+    if kq_post is not None or head_post is not None:
+        weights_BH1S = jnp.where(mask_B11S, weights_BH1S, 0.0)
     out_B1HD = _new_row_values(weights_BH1S, v_B1KD, cache, new_B11S)
-    return out_B1HD, CacheUpdate(k_B1KD, v_B1KD, x_BHQS[:, :, 1:], probs_BHQS[:, :, 1:])
+    logit_row = x_BH1S[:, :, : min(1, cache.logit_rows.shape[2])]  # 0 rows if no window
+    prob_row = probs_BH1S[:, :, : min(1, cache.prob_rows.shape[2])]
+    return out_B1HD, CacheUpdate(k_B1KD, v_B1KD, logit_row, prob_row)
 
 
 def commit(cache: LayerCache, update: CacheUpdate) -> LayerCache:
@@ -138,12 +149,18 @@ def commit(cache: LayerCache, update: CacheUpdate) -> LayerCache:
         new_BKD = new_B1KD[:, 0].astype(buf_BKSD.dtype)
         return buf_BKSD.at[rows_B, :, cache.lengths].set(new_BKD, mode="promise_in_bounds")
 
+    def write_row(ring_BHNS, row_BH1S):  # into slot lengths mod N (nothing when N = 0)
+        if ring_BHNS.shape[2] == 0:
+            return ring_BHNS
+        slot_B = cache.lengths % ring_BHNS.shape[2]
+        return ring_BHNS.at[rows_B, :, slot_B].set(row_BH1S[:, :, 0], mode="promise_in_bounds")
+
     return LayerCache(
         write(cache.k, update.k),
         write(cache.v, update.v),
         cache.lengths + 1,
-        update.logit_rows,
-        update.prob_rows,
+        write_row(cache.logit_rows, update.logit_row),
+        write_row(cache.prob_rows, update.prob_row),
     )
 
 
@@ -210,16 +227,57 @@ def _pre_softmax(x_BHRS, kq_pre, head_pre):
     return x_BHRS
 
 
-def _post_softmax(probs_BHRS, kq_post, head_post, mask):
-    """Post conv (R rows -> the last R - c_q' + 1), head mixing, then mask_0."""
-    if kq_post is not None:
-        kernel_OIQK = rearrange(kq_post, "h q k -> h 1 q k")
-        probs_BHRS = _conv_rows(probs_BHRS, kernel_OIQK, probs_BHRS.shape[1])
-    if head_post is not None:
-        probs_BHRS = mix_heads(probs_BHRS, head_post)
-    if kq_post is not None or head_post is not None:
-        probs_BHRS = jnp.where(mask, probs_BHRS, 0.0)
-    return probs_BHRS
+def _pre_softmax_step(x_BH1S, ring_BHNS, lengths_B, kq_pre, head_pre):
+    """_pre_softmax for the new row, its predecessors read from the ring window."""
+    if head_pre is not None and jnp.ndim(head_pre) == 5:  # rare: rows in order, then as above
+        rows_BHQS = jnp.concatenate([_chronological(ring_BHNS, lengths_B), x_BH1S], axis=2)
+        return _pre_softmax(rows_BHQS, None, head_pre)
+    if kq_pre is not None:
+        x_BH1S = _conv_step(x_BH1S, ring_BHNS, lengths_B, kq_pre)
+    if head_pre is not None:
+        x_BH1S = mix_heads(x_BH1S, head_pre)
+    return x_BH1S
+
+
+def _conv_step(new_BH1S, ring_BHNS, lengths_B, kernel_HQK):
+    """The MTA conv's output row for the new query: its c_q - 1 predecessors from the ring
+    window (N = c_q - 1 slots, position p in slot p mod N), itself last -> [B, H, 1, S].
+    The predecessor at position lengths - N + a sits in slot (lengths + a) mod N, so slot s
+    takes query tap a = (s - lengths) mod N."""
+    num_slots = ring_BHNS.shape[2]
+    kernel_HQK = kernel_HQK.astype(jnp.float32)
+    tap_BN = (jnp.arange(num_slots)[None, :] - lengths_B[:, None]) % num_slots
+    slot_kernel_BHNK = rearrange(kernel_HQK[:, tap_BN], "h b n k -> b h n k")
+    out_BHS = _taps_along_keys(new_BH1S[:, :, 0], kernel_HQK[None, :, num_slots])
+    for slot in range(num_slots):
+        out_BHS = out_BHS + _taps_along_keys(ring_BHNS[:, :, slot], slot_kernel_BHNK[:, :, slot])
+    return out_BHS[:, :, None]
+
+
+def _taps_along_keys(row_BHS, kernel_BHK):
+    """One row's centred key-axis cross-correlation: [B, H, S], [B or 1, H, c_k] -> [B, H, S]."""
+    c_k, num_keys = kernel_BHK.shape[-1], row_BHS.shape[-1]
+    r = (c_k - 1) // 2
+    row_BHS = jnp.pad(row_BHS.astype(jnp.float32), ((0, 0), (0, 0), (r, r)))
+    taps = [kernel_BHK[..., c, None] * row_BHS[..., c : c + num_keys] for c in range(c_k)]
+    return sum(taps)
+
+
+def _to_ring(rows_BHNS, lengths_B):
+    """Window rows oldest first (positions lengths - N .. lengths - 1) -> ring order (slot s
+    holds the position congruent to s mod N)."""
+    num_slots = rows_BHNS.shape[2]
+    if num_slots == 0:
+        return rows_BHNS
+    index_BN = (jnp.arange(num_slots)[None, :] - lengths_B[:, None]) % num_slots
+    return jnp.take_along_axis(rows_BHNS, index_BN[:, None, :, None], axis=2)
+
+
+def _chronological(ring_BHNS, lengths_B):
+    """Inverse of _to_ring: ring window -> rows oldest first."""
+    num_slots = ring_BHNS.shape[2]
+    index_BN = (lengths_B[:, None] + jnp.arange(num_slots)[None, :]) % num_slots
+    return jnp.take_along_axis(ring_BHNS, index_BN[:, None, :, None], axis=2)
 
 
 def _conv_rows(x_BCRS, kernel_OIQK, groups: int):
@@ -227,19 +285,12 @@ def _conv_rows(x_BCRS, kernel_OIQK, groups: int):
     Output row t reads input rows t..t + c_q - 1 (the last is its own query); keys are centred."""
     c_q, c_k = kernel_OIQK.shape[2:]
     r = (c_k - 1) // 2
+    x_BCRS = x_BCRS.astype(jnp.float32)
     if kernel_OIQK.shape[1] == 1 and groups == x_BCRS.shape[1] == kernel_OIQK.shape[0]:
-        # depthwise: fused shifted multiply-adds (XLA's grouped conv is far slower on CPU)
-        rows, num_keys = x_BCRS.shape[2] - (c_q - 1), x_BCRS.shape[3]
-        x_pad = jnp.pad(x_BCRS.astype(jnp.float32), ((0, 0), (0, 0), (0, 0), (r, r)))
-        theta = kernel_OIQK[:, 0].astype(jnp.float32)
-        taps = [
-            theta[None, :, a, b, None, None] * x_pad[:, :, a : a + rows, b : b + num_keys]
-            for a in range(c_q)
-            for b in range(c_k)
-        ]
-        return sum(taps)
+        x_BCRS = jnp.pad(x_BCRS, ((0, 0), (0, 0), (0, 0), (r, r)))
+        return depthwise_conv_valid(x_BCRS, kernel_OIQK[:, 0].astype(jnp.float32))
     return lax.conv_general_dilated(
-        x_BCRS.astype(jnp.float32),
+        x_BCRS,
         kernel_OIQK.astype(jnp.float32),
         window_strides=(1, 1),
         padding=((0, 0), (r, r)),
