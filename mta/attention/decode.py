@@ -127,12 +127,10 @@ def attend_step(
     x_BH1S = jnp.where(mask_B11S, _new_row_logits(q_B1HD, k_B1KD, cache, new_B11S), 0.0)
     logits_BH1S = _pre_softmax_step(x_BH1S, cache.logit_rows, cache.lengths, kq_pre, head_pre)
     probs_BH1S = masked_softmax(logits_BH1S, mask_B11S)
-    weights_BH1S = probs_BH1S
-    if kq_post is not None:
-        weights_BH1S = _conv_step(probs_BH1S, cache.prob_rows, cache.lengths, kq_post)
-    if head_post is not None:
-        weights_BH1S = mix_heads(weights_BH1S, head_post)
-    if kq_post is not None or head_post is not None:
+    weights_BH1S = _post_softmax_step(
+        probs_BH1S, cache.prob_rows, cache.lengths, kq_post, head_post
+    )
+    if kq_post is not None or head_post is not None:  # mask_0 after the post conv and mixing
         weights_BH1S = jnp.where(mask_B11S, weights_BH1S, 0.0)
     out_B1HD = _new_row_values(weights_BH1S, v_B1KD, cache, new_B11S)
     logit_row = x_BH1S[:, :, : min(1, cache.logit_rows.shape[2])]  # 0 rows if no window
@@ -237,6 +235,15 @@ def _pre_softmax_step(x_BH1S, ring_BHNS, lengths_B, kq_pre, head_pre):
     if head_pre is not None:
         x_BH1S = mix_heads(x_BH1S, head_pre)
     return x_BH1S
+
+
+def _post_softmax_step(probs_BH1S, ring_BHNS, lengths_B, kq_post, head_post):
+    """Post conv (predecessors from the ring window) and head mixing for the new row."""
+    if kq_post is not None:
+        probs_BH1S = _conv_step(probs_BH1S, ring_BHNS, lengths_B, kq_post)
+    if head_post is not None:
+        probs_BH1S = mix_heads(probs_BH1S, head_post)
+    return probs_BH1S
 
 
 def _conv_step(new_BH1S, ring_BHNS, lengths_B, kernel_HQK):
