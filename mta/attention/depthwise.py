@@ -10,11 +10,14 @@ the backward is written out: the input gradient is the same loop with the kernel
 kernel gradient is c_q matrix products over key windows (see _kernel_grad).
 """
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 _HIGHEST = lax.Precision.HIGHEST
+_WIDTH = 16  # key positions per window in the kernel gradient's matrix products
 
 
 @jax.custom_vjp
@@ -53,36 +56,97 @@ def _backward(residuals, d_out_BHRS):
 depthwise_conv_valid.defvjp(_forward, _backward)
 
 
-def _kernel_grad(x_BHRS, d_out_BHTU, c_q: int, c_k: int, width: int = 16):
-    """d_kernel[h, a, c] = sum_{b, i, j} d_out[b, h, i, j] x[b, h, i + a, j + c] -> [H, c_q, c_k].
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def depthwise_conv_flat(x_BHL: jax.Array, kernel_HQK: jax.Array, stride: int, out_len: int):
+    """The same taps on rows laid end to end: x [B, H, L] holds rows of `stride` values, and
 
-    Keys are cut into windows of `width` output columns (n of them); window n of x holds its
-    width + c_k - 1 input columns. For each query tap a, one matrix product contracts batch, rows
-    and windows: m_a[h, u, v] = sum_{b, i, n} d_out[b, h, i, n*width + u] x[b, h, i + a,
-    n*width + v], and d_kernel[h, a, c] = sum_u m_a[h, u, u + c]. (c_k separate full reductions
-    run at memory speed and were 4x slower on CPU.)
+        out[b, h, p] = sum_{a, c} kernel[h, a, c] * x[b, h, p + a * stride + c],  p < out_len
+
+    (needs L >= out_len + (c_q - 1) * stride + c_k - 1). Output column j of a row reads the next
+    row when j + c_k - 1 >= stride, so callers keep rows c_k - 1 columns wider than the output
+    they use. Why: a consumer that views the map as [.., T * S] (a head-mixing dot) makes XLA
+    fuse that reshape into the 2-D loop, which then runs ~4x slower; a flat loop has nothing to
+    reshape. -> [B, H, out_len] (x's dtype)."""
+    return _flat_sum(x_BHL, kernel_HQK, stride, out_len)
+
+
+def _flat_sum(x_BHL, kernel_HQK, stride: int, out_len: int):
+    _, c_q, c_k = kernel_HQK.shape
+    out = jnp.zeros(x_BHL.shape[:2] + (out_len,), x_BHL.dtype)
+    for a in range(c_q):
+        for c in range(c_k):
+            start = a * stride + c
+            tap_H = kernel_HQK[:, a, c].astype(x_BHL.dtype)
+            out = out + tap_H[None, :, None] * x_BHL[:, :, start : start + out_len]
+    return out
+
+
+def _flat_forward(x_BHL, kernel_HQK, stride, out_len):
+    return _flat_sum(x_BHL, kernel_HQK, stride, out_len), (x_BHL, kernel_HQK)
+
+
+def _flat_backward(stride, out_len, residuals, d_out_BHP):
+    x_BHL, kernel_HQK = residuals
+    _, c_q, c_k = kernel_HQK.shape
+    reach = (c_q - 1) * stride + c_k - 1  # d_x[p] = sum_{a, c} kernel[a, c] d_out[p - a*stride - c]
+    tail = max(0, x_BHL.shape[2] - out_len)
+    d_out_padded = jnp.pad(d_out_BHP, ((0, 0), (0, 0), (reach, tail)))
+    d_x = _flat_sum(d_out_padded, kernel_HQK[:, ::-1, ::-1], stride, x_BHL.shape[2])
+    d_kernel = _kernel_grad_flat(x_BHL, d_out_BHP, stride, c_q, c_k)
+    return d_x, d_kernel.astype(kernel_HQK.dtype)
+
+
+depthwise_conv_flat.defvjp(_flat_forward, _flat_backward)
+
+
+def _kernel_grad(x_BHRS, d_out_BHTU, c_q: int, c_k: int, width: int = _WIDTH):
+    """d_kernel[h, a, c] = sum_{b, i, j} d_out[b, h, i, j] x[b, h, i + a, j + c] -> [H, c_q, c_k]:
+    both padded to rows of a multiple of `width` columns, then _kernel_grad_flat."""
+    stride = -(-x_BHRS.shape[3] // width) * width
+    x_BHL = jnp.pad(x_BHRS, ((0, 0), (0, 0), (0, 0), (0, stride - x_BHRS.shape[3])))
+    d_out_BHP = jnp.pad(d_out_BHTU, ((0, 0), (0, 0), (0, 0), (0, stride - d_out_BHTU.shape[3])))
+    batch, heads = x_BHRS.shape[:2]
+    return _kernel_grad_flat(
+        x_BHL.reshape(batch, heads, -1), d_out_BHP.reshape(batch, heads, -1), stride, c_q, c_k
+    )
+
+
+def _kernel_grad_flat(x_BHL, d_out_BHP, stride: int, c_q: int, c_k: int, width: int = _WIDTH):
+    """d_kernel[h, a, c] = sum_{b, p} d_out[b, h, p] x[b, h, p + a * stride + c] -> [H, c_q, c_k].
+
+    The output is cut into windows of `width` positions (n of them); window n of x holds its
+    width + c_k - 1 input positions. For each query tap a (an offset of a * stride / width
+    windows) one matrix product contracts batch and windows: m_a[h, u, v] = sum_{b, n}
+    d_out[b, h, n*width + u] x[b, h, a*stride + n*width + v], and d_kernel[h, a, c] =
+    sum_u m_a[h, u, u + c]. (c_q * c_k separate full reductions run at memory speed and were
+    3x slower on CPU.)
     """
-    batch, heads, rows, cols = d_out_BHTU.shape
-    width = max(width, c_k - 1)
-    num_windows = -(-cols // width)
-    padded_cols = num_windows * width
-    d_out_HBTNU = jnp.pad(
-        jnp.swapaxes(d_out_BHTU, 0, 1), ((0, 0), (0, 0), (0, 0), (0, padded_cols - cols))
-    ).reshape(heads, batch, rows * num_windows, width)
-    x_HBRS = jnp.swapaxes(x_BHRS, 0, 1)
-    x_HBRS = jnp.pad(x_HBRS, ((0, 0),) * 3 + ((0, padded_cols + width - x_HBRS.shape[3]),))
-    in_rows = x_HBRS.shape[2]
+    batch, heads, out_len = d_out_BHP.shape
+    if stride % width or c_k - 1 > width:
+        return _kernel_grad_flat(x_BHL, d_out_BHP, stride, c_q, c_k, width=_divisor(stride, c_k))
+    num_windows = -(-out_len // width)
+    d_out_HBNU = jnp.swapaxes(d_out_BHP, 0, 1)
+    d_out_HBNU = jnp.pad(d_out_HBNU, ((0, 0), (0, 0), (0, num_windows * width - out_len)))
+    d_out_HBNU = d_out_HBNU.reshape(heads, batch, num_windows, width)
+    in_windows = (c_q - 1) * stride // width + num_windows
+    x_HBL = jnp.swapaxes(x_BHL, 0, 1)
+    x_HBL = jnp.pad(x_HBL, ((0, 0), (0, 0), (0, max(0, (in_windows + 1) * width - x_HBL.shape[2]))))
 
-    def windows(start):  # [H, B, R, n, width] columns start + n*width + u
-        cut = x_HBRS[..., start : start + padded_cols]
-        return cut.reshape(heads, batch, in_rows, num_windows, width)
+    def windows(start):  # [H, B, in_windows, width]: positions start + m*width + u
+        cut = x_HBL[..., start : start + in_windows * width]
+        return cut.reshape(heads, batch, in_windows, width)
 
     x_windows = jnp.concatenate([windows(0), windows(width)[..., : c_k - 1]], axis=-1)
-    x_windows = x_windows.reshape(heads, batch, in_rows * num_windows, width + c_k - 1)
     u_UC, c_UC = jnp.meshgrid(jnp.arange(width), jnp.arange(c_k), indexing="ij")
     grads = []
-    for a in range(c_q):  # rows i + a of x, as a contiguous run of windows
-        x_a = x_windows[:, :, a * num_windows : (a + rows) * num_windows]
-        m_HUV = jnp.einsum("hbku,hbkv->huv", d_out_HBTNU, x_a, precision=_HIGHEST)
+    for a in range(c_q):
+        first = a * stride // width
+        x_a = x_windows[:, :, first : first + num_windows]
+        m_HUV = jnp.einsum("hbnu,hbnv->huv", d_out_HBNU, x_a, precision=_HIGHEST)
         grads.append(jnp.sum(m_HUV[:, u_UC, u_UC + c_UC], axis=1))  # [H, c_k]
     return jnp.stack(grads, axis=1)
+
+
+def _divisor(stride: int, c_k: int) -> int:
+    """The smallest divisor of stride that is at least c_k - 1 (stride itself at worst)."""
+    return next(w for w in range(max(1, c_k - 1), stride + 1) if stride % w == 0)

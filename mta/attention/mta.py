@@ -27,6 +27,7 @@ from mta.attention.core import (
     masked_softmax,
     weight_values,
 )
+from mta.attention.depthwise import depthwise_conv_flat
 from mta.attention.pre_conv import conv_logits
 
 IMPLS = ("dense", "blockwise", "auto")
@@ -65,6 +66,10 @@ def multi_token_attention(
         return multi_token_attention_blockwise(q, k, v, **kernels, segment_ids=segment_ids)
     if all(x is None for x in (kq_pre, head_pre, kq_post, head_post)):
         return causal_attention(q, k, v, segment_ids)
+    if kq_post is not None and segment_ids is None:
+        check_kernels(q.shape[2], kq_pre, head_pre, kq_post, head_post)
+        probs_BHTS = attention_weights(q, k, kq_pre, head_pre)
+        return _post_softmax_values(probs_BHTS, kq_post, head_post, v)
     weights_BHTS = attention_weights(q, k, kq_pre, head_pre, kq_post, head_post, segment_ids)
     # out = A v: b h t s, b s k d -> b t h d
     return weight_values(weights_BHTS, v)
@@ -111,6 +116,30 @@ def attention_weights(
     if kq_post is not None or head_post is not None:
         weights_BHTS = jnp.where(mask_B1TS, weights_BHTS, 0.0)
     return weights_BHTS
+
+
+def _post_softmax_values(probs_BHTS, kq_post, head_post, v_BSKD) -> jax.Array:
+    """mask_0(mix_post(conv_post(P))) v, the post conv as flat taps: P [B, H, T, S] probabilities
+    -> [B, T, H, D]. The maps stay `stride` >= S + c_k - 1 columns wide through the conv, the
+    mixing and the product with v (zero rows appended), so no [T, S] map is ever cropped or
+    reshaped between them (see depthwise_conv_flat); the extra columns are masked to 0."""
+    batch, heads, num_queries, num_keys = probs_BHTS.shape
+    c_q, c_k = kq_post.shape[1:]
+    r = (c_k - 1) // 2
+    stride = -(-(num_keys + c_k - 1) // 16) * 16
+    # rows of [r zeros, P row, zeros], with c_q - 1 zero rows on top: the MTA padding
+    rows_BHRW = jnp.pad(probs_BHTS, ((0, 0), (0, 0), (c_q - 1, 0), (r, stride - num_keys - r)))
+    flat_BHL = jnp.pad(rows_BHRW.reshape(batch, heads, -1), ((0, 0), (0, 0), (0, c_k - 1)))
+    conv_BHL = depthwise_conv_flat(flat_BHL, kq_post, stride, num_queries * stride)
+    weights_BHTW = conv_BHL.reshape(batch, heads, num_queries, stride)
+    if head_post is not None:
+        weights_BHTW = mix_heads(weights_BHTW, head_post)
+    mask_B1TW = jnp.pad(
+        causal_mask(num_queries, num_keys), ((0, 0),) * 3 + ((0, stride - num_keys),)
+    )
+    weights_BHTW = jnp.where(mask_B1TW, weights_BHTW, 0.0)
+    v_BWKD = jnp.pad(v_BSKD, ((0, 0), (0, stride - num_keys), (0, 0), (0, 0)))
+    return weight_values(weights_BHTW, v_BWKD)
 
 
 def check_kernels(num_heads, kq_pre, head_pre, kq_post, head_post) -> None:

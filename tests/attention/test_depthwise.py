@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mta.attention.depthwise import depthwise_conv_valid
+from mta.attention.depthwise import depthwise_conv_flat, depthwise_conv_valid
 
 
 def _reference(x, kernel, d_out):
@@ -62,3 +62,32 @@ def test_second_call_under_jit_and_grad_of_a_scalar():
     _, want_d_x, want_d_kernel = _reference(x, kernel, 2 * np.asarray(out))
     np.testing.assert_allclose(d_x, want_d_x, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(d_kernel, want_d_kernel, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride,c_q,c_k", [(20, 2, 5), (48, 6, 11), (7, 3, 1), (30, 2, 21)])
+def test_flat_rows_match_float64_loops(stride, c_q, c_k):
+    """depthwise_conv_flat is the 2-D conv of rows laid end to end, reads past a row's end
+    included (the output columns a caller drops): compared on whole rows of the 2-D view."""
+    batch, heads, rows = 2, 3, 6
+    out_len = rows * stride
+    length = out_len + (c_q - 1) * stride + c_k - 1
+    keys = jax.random.split(jax.random.key(stride + c_q), 3)
+    x = jax.random.normal(keys[0], (batch, heads, length))
+    kernel = jax.random.normal(keys[1], (heads, c_q, c_k))
+    out, vjp = jax.vjp(lambda x, k: depthwise_conv_flat(x, k, stride, out_len), x, kernel)
+    d_out = jax.random.normal(keys[2], out.shape)
+    d_x, d_kernel = vjp(d_out)
+    # the flat taps are a 2-D valid conv of a [1, length] "image" whose query taps sit `stride`
+    # positions apart: a kernel of (c_q - 1) * stride + c_k columns, zero between the taps
+    spread = np.zeros((heads, 1, (c_q - 1) * stride + c_k))
+    for a in range(c_q):
+        spread[:, 0, a * stride : a * stride + c_k] = np.asarray(kernel[:, a])
+    want_out, want_d_x, want_d_spread = _reference(
+        np.asarray(x)[:, :, None], spread, np.asarray(d_out)[:, :, None]
+    )
+    want_d_kernel = np.stack(
+        [want_d_spread[:, 0, a * stride : a * stride + c_k] for a in range(c_q)], axis=1
+    )
+    np.testing.assert_allclose(out, want_out[:, :, 0], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(d_x, want_d_x[:, :, 0], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(d_kernel, want_d_kernel, rtol=1e-5, atol=1e-4)
