@@ -92,11 +92,13 @@ def train_layouts(root, overrides, layouts: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def test_every_mesh_layout_trains_like_one_device(tiny_overrides, tmp_path):
+def test_mesh_layouts_train_like_one_device(tiny_overrides, tmp_path):
     overrides = [*tiny_overrides, *MTA_ALL]
     one = train(tmp_path / "one", overrides)
     assert len(one) == 5
-    for layout, losses in train_layouts(tmp_path, overrides, LAYOUTS).items():
+    # data=8 and fsdp=4 x tensor=2 train (with MTA kernels) in the resharding test below
+    layouts = {name: LAYOUTS[name] for name in ("fsdp8", "data2_fsdp2_tensor2")}
+    for layout, losses in train_layouts(tmp_path, overrides, layouts).items():
         np.testing.assert_allclose(losses, one, rtol=1e-5, err_msg=layout)
 
 
