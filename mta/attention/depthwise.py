@@ -29,15 +29,12 @@ def depthwise_conv_valid(x_BHRS: jax.Array, kernel_HQK: jax.Array) -> jax.Array:
 def _shifted_sum(x_BHRS, kernel_HQK):
     _, c_q, c_k = kernel_HQK.shape
     rows, cols = x_BHRS.shape[2] - c_q + 1, x_BHRS.shape[3] - c_k + 1
-    # The loop alone, neither its producer nor its consumers fused in: XLA:CPU fused the
-    # softmax (recomputed per tap) or the causal mask (4x slower loop at T=2048) otherwise.
-    x_BHRS = lax.optimization_barrier(x_BHRS)
     out = jnp.zeros(x_BHRS.shape[:2] + (rows, cols), x_BHRS.dtype)
     for a in range(c_q):
         for c in range(c_k):
             tap_H = kernel_HQK[:, a, c].astype(x_BHRS.dtype)
             out = out + tap_H[None, :, None, None] * x_BHRS[:, :, a : a + rows, c : c + cols]
-    return lax.optimization_barrier(out)
+    return out
 
 
 def _forward(x_BHRS, kernel_HQK):
