@@ -17,7 +17,9 @@ import jax.numpy as jnp
 from jax import lax
 
 _HIGHEST = lax.Precision.HIGHEST
-_WIDTH = 16  # key positions per window in the kernel gradient's matrix products
+# key positions per window in the kernel gradient's matrix products; flat rows whose stride is
+# a multiple of it take the fast path there
+KERNEL_GRAD_WINDOW = 16
 
 
 @jax.custom_vjp
@@ -96,10 +98,10 @@ def _flat_backward(stride, out_len, residuals, d_out_BHP):
 depthwise_conv_flat.defvjp(_flat_forward, _flat_backward)
 
 
-def _kernel_grad(x_BHRS, d_out_BHTU, c_q: int, c_k: int, width: int = _WIDTH):
+def _kernel_grad(x_BHRS, d_out_BHTU, c_q: int, c_k: int):
     """d_kernel[h, a, c] = sum_{b, i, j} d_out[b, h, i, j] x[b, h, i + a, j + c] -> [H, c_q, c_k]:
-    both padded to rows of a multiple of `width` columns, then _kernel_grad_flat."""
-    stride = -(-x_BHRS.shape[3] // width) * width
+    both padded to rows of a multiple of KERNEL_GRAD_WINDOW columns, then _kernel_grad_flat."""
+    stride = -(-x_BHRS.shape[3] // KERNEL_GRAD_WINDOW) * KERNEL_GRAD_WINDOW
     x_BHL = jnp.pad(x_BHRS, ((0, 0), (0, 0), (0, 0), (0, stride - x_BHRS.shape[3])))
     d_out_BHP = jnp.pad(d_out_BHTU, ((0, 0), (0, 0), (0, 0), (0, stride - d_out_BHTU.shape[3])))
     batch, heads = x_BHRS.shape[:2]
@@ -108,7 +110,9 @@ def _kernel_grad(x_BHRS, d_out_BHTU, c_q: int, c_k: int, width: int = _WIDTH):
     )
 
 
-def _kernel_grad_flat(x_BHL, d_out_BHP, stride: int, c_q: int, c_k: int, width: int = _WIDTH):
+def _kernel_grad_flat(
+    x_BHL, d_out_BHP, stride: int, c_q: int, c_k: int, width: int = KERNEL_GRAD_WINDOW
+):
     """d_kernel[h, a, c] = sum_{b, p} d_out[b, h, p] x[b, h, p + a * stride + c] -> [H, c_q, c_k].
 
     The output is cut into windows of `width` positions (n of them); window n of x holds its

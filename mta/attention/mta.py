@@ -27,7 +27,7 @@ from mta.attention.core import (
     masked_softmax,
     weight_values,
 )
-from mta.attention.depthwise import depthwise_conv_flat
+from mta.attention.depthwise import KERNEL_GRAD_WINDOW, depthwise_conv_flat
 from mta.attention.pre_conv import conv_logits
 
 IMPLS = ("dense", "blockwise", "auto")
@@ -126,7 +126,7 @@ def _post_softmax_values(probs_BHTS, kq_post, head_post, v_BSKD) -> jax.Array:
     batch, heads, num_queries, num_keys = probs_BHTS.shape
     c_q, c_k = kq_post.shape[1:]
     r = (c_k - 1) // 2
-    stride = -(-(num_keys + c_k - 1) // 16) * 16
+    stride = -(-(num_keys + c_k - 1) // KERNEL_GRAD_WINDOW) * KERNEL_GRAD_WINDOW
     # rows of [r zeros, P row, zeros], with c_q - 1 zero rows on top: the MTA padding
     rows_BHRW = jnp.pad(probs_BHTS, ((0, 0), (0, 0), (c_q - 1, 0), (r, stride - num_keys - r)))
     flat_BHL = jnp.pad(rows_BHRW.reshape(batch, heads, -1), ((0, 0), (0, 0), (0, c_k - 1)))
