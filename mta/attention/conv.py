@@ -102,14 +102,39 @@ def mix_heads(x_BHTS: jax.Array, weights: jax.Array) -> jax.Array:
     # both forms as groups: weights_NOI[n, o, i] (linear: one group, W[g, h] = [o, i])
     weights_NOI = weights[None] if weights.ndim == 2 else jnp.swapaxes(weights, 1, 2)
     num_groups, group = weights_NOI.shape[:2]
-    # [c_h, c_h] @ [c_h, T*S] per (batch, group), weights on the left: with the map on the
-    # left XLA:CPU transposed it to [T*S, H], fused into the convolution's loop (4x slower)
     x_BNIX = x_BHTS.astype(jnp.float32).reshape(batch, num_groups, group, -1)
-    weights_BNOI = jnp.broadcast_to(weights_NOI, (batch,) + weights_NOI.shape)
-    out_BNOX = lax.dot_general(
+    out_BNOX = _mix_rows(weights_NOI, x_BNIX)
+    return out_BNOX.reshape(batch, heads, num_queries, num_keys)
+
+
+@jax.custom_vjp
+def _mix_rows(weights_NOI: jax.Array, x_BNIX: jax.Array) -> jax.Array:
+    """out[b, n, o, x] = sum_i weights[n, o, i] x[b, n, i, x] -> [B, N, O, X].
+
+    [c_h, c_h] @ [c_h, T*S] per (batch, group), weights on the left, forward and backward: with
+    the map on the left XLA:CPU produces [T*S, c_h] and transposes it inside the loop that reads
+    it (a convolution's, 4x slower), which autodiff of this product does for the input gradient.
+    """
+    weights_BNOI = jnp.broadcast_to(weights_NOI, x_BNIX.shape[:1] + weights_NOI.shape)
+    return lax.dot_general(
         weights_BNOI, x_BNIX, (((3,), (2,)), ((0, 1), (0, 1))), precision=_HIGHEST
     )
-    return out_BNOX.reshape(batch, heads, num_queries, num_keys)
+
+
+def _mix_rows_forward(weights_NOI, x_BNIX):
+    return _mix_rows(weights_NOI, x_BNIX), (weights_NOI, x_BNIX)
+
+
+def _mix_rows_backward(residuals, d_out_BNOX):
+    weights_NOI, x_BNIX = residuals
+    d_x_BNIX = _mix_rows(jnp.swapaxes(weights_NOI, 1, 2), d_out_BNOX)
+    d_weights_BNOI = lax.dot_general(
+        d_out_BNOX, x_BNIX, (((3,), (3,)), ((0, 1), (0, 1))), precision=_HIGHEST
+    )
+    return d_weights_BNOI.sum(axis=0), d_x_BNIX
+
+
+_mix_rows.defvjp(_mix_rows_forward, _mix_rows_backward)
 
 
 def _conv_queries_keys(x_BCTS, kernel_OIQK, groups: int, segment_ids):

@@ -7,7 +7,7 @@ CPU XLA runs a depthwise conv over [B, H, T, S] maps at well under 1 GFLOP/s, wh
 shifted multiply-adds fuse into one loop (~15x faster forward at T=1024, H=8, 6 x 11 taps). Plain
 autodiff of the shifted adds would keep one T x S cotangent per tap alive (10 GB at T=2048), so
 the backward is written out: the input gradient is the same loop with the kernel flipped, and the
-kernel gradient is c_q matrix products over key windows (see _kernel_grad).
+kernel gradient is one pass per query tap that sums all key taps at once (see _tap_sums).
 """
 
 from functools import partial
@@ -15,11 +15,6 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax import lax
-
-_HIGHEST = lax.Precision.HIGHEST
-# key positions per window in the kernel gradient's matrix products; flat rows whose stride is
-# a multiple of it take the fast path there
-KERNEL_GRAD_WINDOW = 16
 
 
 @jax.custom_vjp
@@ -99,55 +94,49 @@ depthwise_conv_flat.defvjp(_flat_forward, _flat_backward)
 
 
 def _kernel_grad(x_BHRS, d_out_BHTU, c_q: int, c_k: int):
-    """d_kernel[h, a, c] = sum_{b, i, j} d_out[b, h, i, j] x[b, h, i + a, j + c] -> [H, c_q, c_k]:
-    both padded to rows of a multiple of KERNEL_GRAD_WINDOW columns, then _kernel_grad_flat."""
-    stride = -(-x_BHRS.shape[3] // KERNEL_GRAD_WINDOW) * KERNEL_GRAD_WINDOW
-    x_BHL = jnp.pad(x_BHRS, ((0, 0), (0, 0), (0, 0), (0, stride - x_BHRS.shape[3])))
-    d_out_BHP = jnp.pad(d_out_BHTU, ((0, 0), (0, 0), (0, 0), (0, stride - d_out_BHTU.shape[3])))
-    batch, heads = x_BHRS.shape[:2]
-    return _kernel_grad_flat(
-        x_BHL.reshape(batch, heads, -1), d_out_BHP.reshape(batch, heads, -1), stride, c_q, c_k
+    """d_kernel[h, a, c] = sum_{b, i, j} d_out[b, h, i, j] x[b, h, i + a, j + c]: [H, c_q, c_k]."""
+    num_rows, num_cols = d_out_BHTU.shape[2:]
+    return _tap_sums(
+        d_out_BHTU, lambda a, c: x_BHRS[:, :, a : a + num_rows, c : c + num_cols], c_q, c_k
     )
 
 
-def _kernel_grad_flat(
-    x_BHL, d_out_BHP, stride: int, c_q: int, c_k: int, width: int = KERNEL_GRAD_WINDOW
-):
-    """d_kernel[h, a, c] = sum_{b, p} d_out[b, h, p] x[b, h, p + a * stride + c] -> [H, c_q, c_k].
-
-    The output is cut into windows of `width` positions (n of them); window n of x holds its
-    width + c_k - 1 input positions. For each query tap a (an offset of a * stride / width
-    windows) one matrix product contracts batch and windows: m_a[h, u, v] = sum_{b, n}
-    d_out[b, h, n*width + u] x[b, h, a*stride + n*width + v], and d_kernel[h, a, c] =
-    sum_u m_a[h, u, u + c]. (c_q * c_k separate full reductions run at memory speed and were
-    3x slower on CPU.)
-    """
+def _kernel_grad_flat(x_BHL, d_out_BHP, stride: int, c_q: int, c_k: int):
+    """d_kernel[h, a, c] = sum_{b, p} d_out[b, h, p] x[b, h, p + a * stride + c] -> [H, c_q, c_k],
+    summed as rows of `stride` positions (d_out zero-padded to whole rows)."""
     batch, heads, out_len = d_out_BHP.shape
-    if stride % width or c_k - 1 > width:
-        return _kernel_grad_flat(x_BHL, d_out_BHP, stride, c_q, c_k, width=_divisor(stride, c_k))
-    num_windows = -(-out_len // width)
-    d_out_HBNU = jnp.swapaxes(d_out_BHP, 0, 1)
-    d_out_HBNU = jnp.pad(d_out_HBNU, ((0, 0), (0, 0), (0, num_windows * width - out_len)))
-    d_out_HBNU = d_out_HBNU.reshape(heads, batch, num_windows, width)
-    in_windows = (c_q - 1) * stride // width + num_windows
-    x_HBL = jnp.swapaxes(x_BHL, 0, 1)
-    x_HBL = jnp.pad(x_HBL, ((0, 0), (0, 0), (0, max(0, (in_windows + 1) * width - x_HBL.shape[2]))))
+    num_rows = -(-out_len // stride)
+    d_out_BHRC = jnp.pad(d_out_BHP, ((0, 0), (0, 0), (0, num_rows * stride - out_len)))
+    d_out_BHRC = d_out_BHRC.reshape(batch, heads, num_rows, stride)
+    needed = (c_q - 1 + num_rows) * stride + c_k - 1
+    x_BHL = jnp.pad(x_BHL, ((0, 0), (0, 0), (0, max(0, needed - x_BHL.shape[2]))))
 
-    def windows(start):  # [H, B, in_windows, width]: positions start + m*width + u
-        cut = x_HBL[..., start : start + in_windows * width]
-        return cut.reshape(heads, batch, in_windows, width)
+    def shifted(a, c):  # x[p + a * stride + c] at the rows of d_out
+        start = a * stride + c
+        cut = x_BHL[:, :, start : start + num_rows * stride]
+        return cut.reshape(batch, heads, num_rows, stride)
 
-    x_windows = jnp.concatenate([windows(0), windows(width)[..., : c_k - 1]], axis=-1)
-    u_UC, c_UC = jnp.meshgrid(jnp.arange(width), jnp.arange(c_k), indexing="ij")
-    grads = []
+    return _tap_sums(d_out_BHRC, shifted, c_q, c_k)
+
+
+def _tap_sums(d_out_BHRC, shifted, c_q: int, c_k: int):
+    """d_kernel[h, a, c] = sum_{b, r, col} d_out[b, h, r, col] shifted(a, c)[b, h, r, col].
+
+    d_out [B, H, R, C]; shifted(a, c) -> the [B, H, R, C] input that tap (a, c) multiplies.
+    -> [H, c_q, c_k].
+
+    One variadic reduce along the rows per query tap a: XLA:CPU runs it as one loop that reads
+    d_out once and keeps c_k running sums. At T=2048, H=8, 6 x 11 taps: 0.19 s, against
+    1.1-1.4 s as matrix products over key windows and ~3 s as 66 separate reductions.
+    """
+    zero = jnp.zeros((), d_out_BHRC.dtype)
+
+    def add(sums, terms):
+        return tuple(s + t for s, t in zip(sums, terms, strict=True))
+
+    per_query_tap = []
     for a in range(c_q):
-        first = a * stride // width
-        x_a = x_windows[:, :, first : first + num_windows]
-        m_HUV = jnp.einsum("hbnu,hbnv->huv", d_out_HBNU, x_a, precision=_HIGHEST)
-        grads.append(jnp.sum(m_HUV[:, u_UC, u_UC + c_UC], axis=1))  # [H, c_k]
-    return jnp.stack(grads, axis=1)
-
-
-def _divisor(stride: int, c_k: int) -> int:
-    """The smallest divisor of stride that is at least c_k - 1 (stride itself at worst)."""
-    return next(w for w in range(max(1, c_k - 1), stride + 1) if stride % w == 0)
+        terms = tuple(d_out_BHRC * shifted(a, c) for c in range(c_k))
+        row_sums_BHR = lax.reduce(terms, (zero,) * c_k, add, (3,))
+        per_query_tap.append(jnp.stack([s.sum(axis=(0, 2)) for s in row_sums_BHR], axis=-1))
+    return jnp.stack(per_query_tap, axis=1)

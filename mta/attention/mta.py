@@ -27,11 +27,13 @@ from mta.attention.core import (
     masked_softmax,
     weight_values,
 )
-from mta.attention.depthwise import KERNEL_GRAD_WINDOW, depthwise_conv_flat
+from mta.attention.depthwise import depthwise_conv_flat
 from mta.attention.pre_conv import conv_logits
 
 IMPLS = ("dense", "blockwise", "auto")
 AUTO_BLOCKWISE_MIN_KEYS = 1024  # impl="auto" takes the blockwise path from this many keys S on
+# the wide maps' row stride is a multiple of this (aligned rows vectorise better)
+ROW_ALIGN = 16
 
 
 def multi_token_attention(
@@ -67,9 +69,7 @@ def multi_token_attention(
     if all(x is None for x in (kq_pre, head_pre, kq_post, head_post)):
         return causal_attention(q, k, v, segment_ids)
     if kq_post is not None and segment_ids is None:
-        check_kernels(q.shape[2], kq_pre, head_pre, kq_post, head_post)
-        probs_BHTS = attention_weights(q, k, kq_pre, head_pre)
-        return _post_softmax_values(probs_BHTS, kq_post, head_post, v)
+        return _wide_post_softmax_attention(q, k, v, kq_pre, head_pre, kq_post, head_post)
     weights_BHTS = attention_weights(q, k, kq_pre, head_pre, kq_post, head_post, segment_ids)
     # out = A v: b h t s, b s k d -> b t h d
     return weight_values(weights_BHTS, v)
@@ -81,29 +81,10 @@ def attention_weights(
     """The attention map A of multi_token_attention (dense): q [B,T,H,D], k [B,S,K,D]
     -> [B,H,T,S] float32, kernels and segment_ids as there. Rows sum to 1 unless a post-softmax
     kernel is set (rows are not renormalised after it)."""
-    num_queries, num_heads = q.shape[1], q.shape[2]
-    check_kernels(num_heads, kq_pre, head_pre, kq_post, head_post)
+    check_kernels(q.shape[2], kq_pre, head_pre, kq_post, head_post)
     _check_segments(segment_ids, q.shape, k.shape)
-    conv_pre_3d = head_pre is not None and jnp.ndim(head_pre) == 5
-    mask_B1TS = causal_mask(num_queries, k.shape[1], segment_ids)
-
-    if kq_pre is not None and segment_ids is None:
-        # logits, mask_0 and the pre key-query conv in one widened matmul (pre_conv.py)
-        logits_BHTS = conv_logits(q, k, kq_pre)
-    else:
-        # logits = q k^T / sqrt(D): b t h d, b s k d -> b h t s (float32)
-        logits_BHTS = attention_logits(q, k)
-    # mask_0: zero the masked logits so the conv never reads a future or foreign key
-    if (kq_pre is not None and segment_ids is not None) or conv_pre_3d:
-        logits_BHTS = jnp.where(mask_B1TS, logits_BHTS, 0.0)
-    # pre key-query conv, depthwise: b h t s, h q k -> b h t s
-    if kq_pre is not None and segment_ids is not None:
-        logits_BHTS = key_query_conv(logits_BHTS, kq_pre, segment_ids)
-    # pre head mixing: b h t s, h h -> b h t s (or grouped n i o; or the 3-D conv n i o q k)
-    if conv_pre_3d:
-        logits_BHTS = conv3d_heads(logits_BHTS, head_pre, segment_ids)
-    elif head_pre is not None:
-        logits_BHTS = mix_heads(logits_BHTS, head_pre)
+    mask_B1TS = causal_mask(q.shape[1], k.shape[1], segment_ids)
+    logits_BHTS = _pre_softmax_logits(q, k, kq_pre, head_pre, segment_ids, mask_B1TS)
     # mask_-inf + softmax over keys in float32: b h t s -> b h t s
     weights_BHTS = masked_softmax(logits_BHTS, mask_B1TS)
     # post key-query conv on the probabilities (rows are not renormalised)
@@ -118,27 +99,60 @@ def attention_weights(
     return weights_BHTS
 
 
-def _post_softmax_values(probs_BHTS, kq_post, head_post, v_BSKD) -> jax.Array:
-    """mask_0(mix_post(conv_post(P))) v, the post conv as flat taps: P [B, H, T, S] probabilities
-    -> [B, T, H, D]. The maps stay `stride` >= S + c_k - 1 columns wide through the conv, the
-    mixing and the product with v (zero rows appended), so no [T, S] map is ever cropped or
-    reshaped between them (see depthwise_conv_flat); the extra columns are masked to 0."""
-    batch, heads, num_queries, num_keys = probs_BHTS.shape
+def _pre_softmax_logits(q, k, kq_pre, head_pre, segment_ids, mask_B1TW) -> jax.Array:
+    """mix_pre(conv_pre(mask_0(q k^T / sqrt(D)))) -> [B, H, T, W] float32, W = the mask's width
+    (>= S; columns from S on are masked by the caller)."""
+    num_keys, num_cols = k.shape[1], mask_B1TW.shape[3]
+    conv_pre_3d = head_pre is not None and jnp.ndim(head_pre) == 5
+    if kq_pre is not None and segment_ids is None:
+        # logits, mask_0 and the pre key-query conv in one widened matmul (pre_conv.py)
+        logits_BHTW = conv_logits(q, k, kq_pre, num_cols)
+    else:
+        # logits = q k^T / sqrt(D): b t h d, b s k d -> b h t s (float32)
+        k_BWKD = jnp.pad(k, ((0, 0), (0, num_cols - num_keys), (0, 0), (0, 0)))
+        logits_BHTW = attention_logits(q, k_BWKD)
+    # mask_0: zero the masked logits so the conv never reads a future or foreign key
+    if (kq_pre is not None and segment_ids is not None) or conv_pre_3d:
+        logits_BHTW = jnp.where(mask_B1TW, logits_BHTW, 0.0)
+    # pre key-query conv, depthwise: b h t s, h q k -> b h t s
+    if kq_pre is not None and segment_ids is not None:
+        logits_BHTW = key_query_conv(logits_BHTW, kq_pre, segment_ids)
+    # pre head mixing: b h t s, h h -> b h t s (or grouped n i o; or the 3-D conv n i o q k)
+    if conv_pre_3d:
+        logits_BHTW = conv3d_heads(logits_BHTW, head_pre, segment_ids)
+    elif head_pre is not None:
+        logits_BHTW = mix_heads(logits_BHTW, head_pre)
+    return logits_BHTW
+
+
+def _wide_post_softmax_attention(q, k, v, kq_pre, head_pre, kq_post, head_post) -> jax.Array:
+    """multi_token_attention with a post conv and no documents, on maps kept W >= S + c_k - 1
+    columns wide from the logits to the product with v (v gets zero rows): -> [B, T, H, D].
+
+    The post conv is then a shift of the flat map (depthwise_conv_flat: row i's left padding is
+    row i-1's masked tail), and nothing between the logits and A v crops or reshapes a [T, S]
+    map; XLA:CPU fuses such a reshape into the conv loops next to it, which then run ~4x slower.
+    """
+    check_kernels(q.shape[2], kq_pre, head_pre, kq_post, head_post)
+    batch, num_queries, heads = q.shape[:3]
+    num_keys = k.shape[1]
     c_q, c_k = kq_post.shape[1:]
     r = (c_k - 1) // 2
-    stride = -(-(num_keys + c_k - 1) // KERNEL_GRAD_WINDOW) * KERNEL_GRAD_WINDOW
-    # rows of [r zeros, P row, zeros], with c_q - 1 zero rows on top: the MTA padding
-    rows_BHRW = jnp.pad(probs_BHTS, ((0, 0), (0, 0), (c_q - 1, 0), (r, stride - num_keys - r)))
-    flat_BHL = jnp.pad(rows_BHRW.reshape(batch, heads, -1), ((0, 0), (0, 0), (0, c_k - 1)))
+    stride = -(-(num_keys + c_k - 1) // ROW_ALIGN) * ROW_ALIGN
+    mask_B1TW = jnp.pad(
+        causal_mask(num_queries, num_keys), ((0, 0),) * 3 + ((0, stride - num_keys),)
+    )
+    logits_BHTW = _pre_softmax_logits(q, k, kq_pre, head_pre, None, mask_B1TW)
+    probs_BHTW = masked_softmax(logits_BHTW, mask_B1TW)  # 0 from column S on
+    # post conv: c_q - 1 zero rows on top, r zeros before the first row
+    front = (c_q - 1) * stride + r
+    flat_BHL = jnp.pad(probs_BHTW.reshape(batch, heads, -1), ((0, 0), (0, 0), (front, c_k - 1 - r)))
     conv_BHL = depthwise_conv_flat(flat_BHL, kq_post, stride, num_queries * stride)
     weights_BHTW = conv_BHL.reshape(batch, heads, num_queries, stride)
     if head_post is not None:
         weights_BHTW = mix_heads(weights_BHTW, head_post)
-    mask_B1TW = jnp.pad(
-        causal_mask(num_queries, num_keys), ((0, 0),) * 3 + ((0, stride - num_keys),)
-    )
     weights_BHTW = jnp.where(mask_B1TW, weights_BHTW, 0.0)
-    v_BWKD = jnp.pad(v_BSKD, ((0, 0), (0, stride - num_keys), (0, 0), (0, 0)))
+    v_BWKD = jnp.pad(v, ((0, 0), (0, stride - num_keys), (0, 0), (0, 0)))
     return weight_values(weights_BHTW, v_BWKD)
 
 

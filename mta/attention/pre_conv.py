@@ -29,11 +29,14 @@ from mta.attention.conv import check_kq_kernel
 from mta.attention.core import check_heads
 
 
-def conv_logits(q_BTHD: jax.Array, k_BSKD: jax.Array, kernel_HQK: jax.Array) -> jax.Array:
-    """conv(mask_0(q k^T / sqrt(D))) with a [H, c_q, c_k] kernel: -> [B, H, T, S] float32.
+def conv_logits(
+    q_BTHD: jax.Array, k_BSKD: jax.Array, kernel_HQK: jax.Array, num_cols: int | None = None
+) -> jax.Array:
+    """conv(mask_0(q k^T / sqrt(D))) with a [H, c_q, c_k] kernel: -> [B, H, T, num_cols] float32.
 
     q [B, T, H, D] are the last T of S positions; k [B, S, K, D] with K dividing H. Equal to
-    key_query_conv(where(causal, logits, 0), kernel) wherever the causal mask allows (j <= i).
+    key_query_conv(where(causal, logits, 0), kernel) wherever the causal mask allows (j <= i);
+    num_cols >= S (default S) widens the map, its columns from S on are unspecified.
     """
     num_heads = q_BTHD.shape[2]
     check_kq_kernel(kernel_HQK, num_heads, "kernel_HQK")
@@ -45,12 +48,13 @@ def conv_logits(q_BTHD: jax.Array, k_BSKD: jax.Array, kernel_HQK: jax.Array) -> 
     k = jnp.repeat(k_BSKD.astype(jnp.float32), group, axis=2)  # [B, S, H, D]
     theta = kernel_HQK.astype(jnp.float32)
     num_q, num_k = q.shape[1], k.shape[1]
+    num_cols = num_k if num_cols is None else num_cols
 
     # q_taps[a][i] = q[i - (c_q-1) + a]; k_taps[b][j] = k[j - r + b] (zero outside)
     q_pad = jnp.pad(q, ((0, 0), (c_q - 1, 0), (0, 0), (0, 0)))
-    k_pad = jnp.pad(k, ((0, 0), (r, r), (0, 0), (0, 0)))
+    k_pad = jnp.pad(k, ((0, 0), (r, r + num_cols - num_k), (0, 0), (0, 0)))
     q_taps = [q_pad[:, a : a + num_q] for a in range(c_q)]
-    k_taps = [k_pad[:, b : b + num_k] for b in range(c_k)]
+    k_taps = [k_pad[:, b : b + num_cols] for b in range(c_k)]
     if c_q <= c_k:  # query taps plain, key taps weighted: widen by c_q
         wide_q = q_taps
         wide_k = [_weighted(k_taps, theta[:, a, :]) for a in range(c_q)]
@@ -84,7 +88,7 @@ def _with_exact_band(full_BHTS, q, k, theta, offset: int) -> jax.Array:
     width = r + c_q - 1
     if width == 0:  # a 1 x 1 kernel: every tap is the output's own logit
         return full_BHTS
-    num_q, num_k = q.shape[1], k.shape[1]
+    num_q, num_cols = q.shape[1], full_BHTS.shape[3]
     # near[e][i'] = q[i'] . k[i' + offset + e] for e = 1 - width - r .. 0 (k zero before 0)
     lowest = 1 - width - r
     k_pad = jnp.pad(k, ((0, 0), (-lowest, 0), (0, 0), (0, 0)))
@@ -103,8 +107,8 @@ def _with_exact_band(full_BHTS, q, k, theta, offset: int) -> jax.Array:
             shift = c_q - 1 - a  # query row i' = i - shift (zero before the first query)
             band_BHT = band_BHT + jnp.pad(row_BHT, ((0, 0), (0, 0), (shift, 0)))[:, :, :num_q]
         band.append(band_BHT)
-    band_BHTS = _diagonals_to_dense(jnp.stack(band, axis=-1), num_k, offset)
-    diag_TS = jnp.arange(num_q)[:, None] + offset - jnp.arange(num_k)[None, :]
+    band_BHTS = _diagonals_to_dense(jnp.stack(band, axis=-1), num_cols, offset)
+    diag_TS = jnp.arange(num_q)[:, None] + offset - jnp.arange(num_cols)[None, :]
     return jnp.where((diag_TS >= 0) & (diag_TS < width), band_BHTS, full_BHTS)
 
 

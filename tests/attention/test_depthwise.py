@@ -27,8 +27,7 @@ def _reference(x, kernel, d_out):
     return out, d_x, d_kernel
 
 
-# (batch, heads, rows, cols, c_q, c_k): 1-tap axes, a key kernel wider than the 16-column
-# windows of the kernel gradient, and column counts that do and do not fill the last window
+# (batch, heads, rows, cols, c_q, c_k): 1-tap axes, the release's 6 x 11, a 21-tap key kernel
 @pytest.mark.parametrize(
     "shape",
     [
@@ -64,12 +63,16 @@ def test_second_call_under_jit_and_grad_of_a_scalar():
     np.testing.assert_allclose(d_kernel, want_d_kernel, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("stride,c_q,c_k", [(20, 2, 5), (48, 6, 11), (7, 3, 1), (30, 2, 21)])
-def test_flat_rows_match_float64_loops(stride, c_q, c_k):
+# (stride, c_q, c_k, short): outputs of whole rows and (short > 0) ending inside a row
+@pytest.mark.parametrize(
+    "stride,c_q,c_k,short",
+    [(20, 2, 5, 0), (48, 6, 11, 0), (7, 3, 1, 2), (30, 2, 21, 0), (30, 4, 9, 7)],
+)
+def test_flat_rows_match_float64_loops(stride, c_q, c_k, short):
     """depthwise_conv_flat is the 2-D conv of rows laid end to end, reads past a row's end
-    included (the output columns a caller drops): compared on whole rows of the 2-D view."""
+    included (the output columns a caller drops)."""
     batch, heads, rows = 2, 3, 6
-    out_len = rows * stride
+    out_len = rows * stride - short
     length = out_len + (c_q - 1) * stride + c_k - 1
     keys = jax.random.split(jax.random.key(stride + c_q), 3)
     x = jax.random.normal(keys[0], (batch, heads, length))
