@@ -69,6 +69,43 @@ def test_masked_softmax_empty_row_is_zero_not_nan():
     np.testing.assert_array_equal(probs[:, :, 0], 0.0)
 
 
+def test_masked_softmax_jacobian_matches_float64():
+    """d probs / d q through the logits, against float64: d p_ij / d l_im = p_ij (delta_jm - p_im)
+    within a row, 0 at masked keys and for the empty row. Computed the way the gradient tests
+    do (vmap of the VJP under jit, logits made inside so XLA fuses their producer: one backward
+    formula that XLA:CPU miscompiled this way passed every single-cotangent check) and as one
+    jitted VJP."""
+    rng = np.random.default_rng(4)
+    q = rng.normal(size=(2, 8, 4, 3)).astype(np.float32)
+    k = rng.normal(size=(2, 8, 4, 3)).astype(np.float32)
+    mask = core.causal_mask(8, 8).at[..., 0, :].set(False)  # row 0 empty
+
+    def probs_of(q):
+        return core.masked_softmax(core.attention_logits(q, k), mask)
+
+    @jax.jit
+    def jacobian(q):
+        out, vjp = jax.vjp(probs_of, q)
+        basis = jnp.eye(out.size, dtype=out.dtype).reshape(out.size, *out.shape)
+        return jax.vmap(vjp)(basis)[0].reshape(out.shape + q.shape)
+
+    allowed = np.broadcast_to(np.asarray(mask), (2, 4, 8, 8))
+    d_logits_d_q = np.asarray(k, np.float64) / np.sqrt(
+        3
+    )  # l[b,h,i,m] = q[b,i,h] . k[b,m,h] / sqrt(D)
+    logits = np.einsum("bihd,bmhd->bhim", q.astype(np.float64), d_logits_d_q)
+    exp = np.where(allowed, np.exp(logits - logits.max(-1, keepdims=True)), 0.0)
+    probs = exp / np.maximum(exp.sum(-1, keepdims=True), 1e-300)
+    want = np.zeros((2, 4, 8, 8) + q.shape)  # [B, H, T, S, B, T, H, D]
+    for b, h, i, j, m in np.ndindex(2, 4, 8, 8, 8):
+        d_p_d_l = probs[b, h, i, j] * ((j == m) - probs[b, h, i, m])
+        want[b, h, i, j, b, i, h] += d_p_d_l * d_logits_d_q[b, m, h]
+    np.testing.assert_allclose(jacobian(q), want, rtol=1e-4, atol=1e-5)
+    cotangent = rng.normal(size=want.shape[:4]).astype(np.float32)
+    grad = jax.jit(lambda q: jax.vjp(probs_of, q)[1](cotangent)[0])(q)
+    np.testing.assert_allclose(grad, np.einsum("bhij,bhijBTHD->BTHD", cotangent, want), atol=1e-4)
+
+
 def test_check_heads_rejects_non_divisor():
     with pytest.raises(ValueError, match="must divide"):
         core.check_heads(4, 3)
