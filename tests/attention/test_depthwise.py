@@ -27,7 +27,8 @@ def _reference(x, kernel, d_out):
     return out, d_x, d_kernel
 
 
-# (batch, heads, rows, cols, c_q, c_k): 1-tap axes, the release's 6 x 11, a 21-tap key kernel
+# (batch, heads, rows, cols, c_q, c_k): 1-tap axes, a key kernel wider than the 16-column
+# windows of the 2-D form's kernel gradient, column counts that do and do not fill the last window
 @pytest.mark.parametrize(
     "shape",
     [
