@@ -39,11 +39,14 @@ import jax.numpy as jnp
 from einops import rearrange
 from jax import lax
 
-from mta.attention.conv import check_head_kernel, check_kq_kernel, mix_heads
+from mta.attention.conv import (
+    check_head_kernel,
+    check_kq_kernel,
+    grouped_conv_valid,
+    mix_heads,
+)
 from mta.attention.core import attention_logits, check_heads, weight_values
-from mta.attention.depthwise import depthwise_conv_valid
 
-_HIGHEST = lax.Precision.HIGHEST
 BLOCK_Q = 128
 BLOCK_K = 128
 
@@ -193,33 +196,18 @@ def _conv_valid(x_BCRS, kernel_OIQK, groups: int, seg_BR):
     Output row t reads input rows t .. t + c_q - 1 (its own row is the last); with seg_BR (ids of
     the input rows) a tap reads 0 from a row of another document than the output row's, so each
     query tap a convolves its own row window (foreign rows zeroed) along keys.
-    Depthwise kernels run as shifted multiply-adds (depthwise.py), 3-D head kernels through lax.
+    Depthwise kernels run as shifted multiply-adds, 3-D head kernels through lax (conv.py).
     """
     c_q = kernel_OIQK.shape[2]
     if seg_BR is None or c_q == 1:
-        return _conv_rows(x_BCRS, kernel_OIQK, groups)
+        return grouped_conv_valid(x_BCRS, kernel_OIQK, groups)
     num_rows = x_BCRS.shape[2] - (c_q - 1)
     out = 0.0
     for a in range(c_q):  # rows t + a of output row t, kept if in its document
         same_doc_BR = seg_BR[:, a : a + num_rows] == seg_BR[:, c_q - 1 :]
         rows_BCRS = jnp.where(same_doc_BR[:, None, :, None], x_BCRS[:, :, a : a + num_rows], 0.0)
-        out = out + _conv_rows(rows_BCRS, kernel_OIQK[:, :, a : a + 1], groups)
+        out = out + grouped_conv_valid(rows_BCRS, kernel_OIQK[:, :, a : a + 1], groups)
     return out
-
-
-def _conv_rows(x_BCRS, kernel_OIQK, groups: int):
-    """Unpadded grouped cross-correlation: [B, C, R + c_q - 1, S + c_k - 1] -> [B, O, R, S]."""
-    if kernel_OIQK.shape[1] == 1 and groups == x_BCRS.shape[1]:
-        return depthwise_conv_valid(x_BCRS, kernel_OIQK[:, 0])
-    return lax.conv_general_dilated(
-        x_BCRS,
-        kernel_OIQK,
-        window_strides=(1, 1),
-        padding="VALID",
-        dimension_numbers=("NCHW", "OIHW", "NCHW"),
-        feature_group_count=groups,
-        precision=_HIGHEST,
-    )
 
 
 def _pre_tile(plan: _Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC):

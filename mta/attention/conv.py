@@ -174,20 +174,28 @@ def _shift_rows_within_documents(x_BCTS, segment_ids_BT, shift: int):
 
 
 def _conv(x_BCTS, kernel_OIQK, groups: int):
-    """Grouped cross-correlation, padding (c_q-1, 0) on queries and (r, r) on keys.
-
-    Depthwise kernels (one input channel per group) run as shifted multiply-adds
-    (depthwise.py); the 3-D head kernels through lax."""
+    """Grouped cross-correlation, padding (c_q-1, 0) on queries and (r, r) on keys."""
     c_q, c_k = kernel_OIQK.shape[2:]
     r = (c_k - 1) // 2
-    if kernel_OIQK.shape[1] == 1 and groups == x_BCTS.shape[1]:
-        x_BCTS = jnp.pad(x_BCTS, ((0, 0), (0, 0), (c_q - 1, 0), (r, r)))
-        return depthwise_conv_valid(x_BCTS, kernel_OIQK[:, 0])
+    x_BCTS = jnp.pad(x_BCTS, ((0, 0), (0, 0), (c_q - 1, 0), (r, r)))
+    return grouped_conv_valid(x_BCTS, kernel_OIQK, groups)
+
+
+def grouped_conv_valid(x_BCRS: jax.Array, kernel_OIQK: jax.Array, groups: int) -> jax.Array:
+    """Unpadded grouped cross-correlation in float32: x [B, C, R, S], kernel
+    [O, C // groups, c_q, c_k] -> [B, O, R - c_q + 1, S - c_k + 1].
+
+    Depthwise kernels (one input channel per group, O == C) run as shifted multiply-adds
+    (depthwise.py); the others (3-D head kernels) through lax."""
+    x_BCRS = x_BCRS.astype(jnp.float32)
+    kernel_OIQK = kernel_OIQK.astype(jnp.float32)
+    if kernel_OIQK.shape[1] == 1 and groups == x_BCRS.shape[1] == kernel_OIQK.shape[0]:
+        return depthwise_conv_valid(x_BCRS, kernel_OIQK[:, 0])
     return lax.conv_general_dilated(
-        x_BCTS,
+        x_BCRS,
         kernel_OIQK,
         window_strides=(1, 1),
-        padding=((c_q - 1, 0), (r, r)),
+        padding="VALID",
         dimension_numbers=("NCHW", "OIHW", "NCHW"),
         feature_group_count=groups,
         precision=_HIGHEST,

@@ -44,11 +44,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from einops import rearrange
-from jax import lax
 
-from mta.attention.conv import mix_heads
+from mta.attention.conv import grouped_conv_valid, mix_heads
 from mta.attention.core import check_heads, masked_softmax
-from mta.attention.depthwise import depthwise_conv_valid
 from mta.attention.diff import differential_attention
 from mta.attention.mta import check_kernels, multi_token_attention
 
@@ -290,21 +288,9 @@ def _chronological(ring_BHNS, lengths_B):
 def _conv_rows(x_BCRS, kernel_OIQK, groups: int):
     """The MTA cross-correlation without query padding: [B, C, R, S] -> [B, O, R - c_q + 1, S].
     Output row t reads input rows t..t + c_q - 1 (the last is its own query); keys are centred."""
-    c_q, c_k = kernel_OIQK.shape[2:]
-    r = (c_k - 1) // 2
-    x_BCRS = x_BCRS.astype(jnp.float32)
-    if kernel_OIQK.shape[1] == 1 and groups == x_BCRS.shape[1] == kernel_OIQK.shape[0]:
-        x_BCRS = jnp.pad(x_BCRS, ((0, 0), (0, 0), (0, 0), (r, r)))
-        return depthwise_conv_valid(x_BCRS, kernel_OIQK[:, 0].astype(jnp.float32))
-    return lax.conv_general_dilated(
-        x_BCRS,
-        kernel_OIQK.astype(jnp.float32),
-        window_strides=(1, 1),
-        padding=((0, 0), (r, r)),
-        dimension_numbers=("NCHW", "OIHW", "NCHW"),
-        feature_group_count=groups,
-        precision=lax.Precision.HIGHEST,
-    )
+    r = (kernel_OIQK.shape[3] - 1) // 2
+    x_BCRS = jnp.pad(x_BCRS, ((0, 0), (0, 0), (0, 0), (r, r)))
+    return grouped_conv_valid(x_BCRS, kernel_OIQK, groups)
 
 
 def _causal_rows_mask(positions_BN, num_keys: int):
