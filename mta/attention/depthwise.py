@@ -7,7 +7,7 @@ CPU XLA runs a depthwise conv over [B, H, T, S] maps at well under 1 GFLOP/s, wh
 shifted multiply-adds fuse into one loop (~15x faster forward at T=1024, H=8, 6 x 11 taps). Plain
 autodiff of the shifted adds would keep one T x S cotangent per tap alive (10 GB at T=2048), so
 the backward is written out: the input gradient is the same loop with the kernel flipped, and the
-kernel gradient is either matrix products over key windows (2-D form, _window_products) or one
+kernel gradient is either matrix products over key windows (2-D form, _kernel_grad) or one
 pass per query tap that sums all key taps at once (flat form, _tap_sums).
 """
 
@@ -18,8 +18,6 @@ import jax.numpy as jnp
 from jax import lax
 
 _HIGHEST = lax.Precision.HIGHEST
-# key positions per window in the 2-D form's kernel-gradient matrix products
-_WINDOW = 16
 
 
 @jax.custom_vjp
@@ -98,18 +96,6 @@ def _flat_backward(stride, out_len, residuals, d_out_BHP):
 depthwise_conv_flat.defvjp(_flat_forward, _flat_backward)
 
 
-def _kernel_grad(x_BHRS, d_out_BHTU, c_q: int, c_k: int):
-    """d_kernel[h, a, c] = sum_{b, i, j} d_out[b, h, i, j] x[b, h, i + a, j + c] -> [H, c_q, c_k]:
-    both padded to rows of a multiple of _WINDOW columns, then _window_products."""
-    stride = -(-x_BHRS.shape[3] // _WINDOW) * _WINDOW
-    x_BHL = jnp.pad(x_BHRS, ((0, 0), (0, 0), (0, 0), (0, stride - x_BHRS.shape[3])))
-    d_out_BHP = jnp.pad(d_out_BHTU, ((0, 0), (0, 0), (0, 0), (0, stride - d_out_BHTU.shape[3])))
-    batch, heads = x_BHRS.shape[:2]
-    return _window_products(
-        x_BHL.reshape(batch, heads, -1), d_out_BHP.reshape(batch, heads, -1), stride, c_q, c_k
-    )
-
-
 def _kernel_grad_flat(x_BHL, d_out_BHP, stride: int, c_q: int, c_k: int):
     """d_kernel[h, a, c] = sum_{b, p} d_out[b, h, p] x[b, h, p + a * stride + c] -> [H, c_q, c_k],
     summed as rows of `stride` positions (d_out zero-padded to whole rows)."""
@@ -137,7 +123,7 @@ def _tap_sums(d_out_BHRC, shifted, c_q: int, c_k: int):
     One variadic reduce along the rows per query tap a: XLA:CPU runs it as one loop that reads
     d_out once and keeps c_k running sums. The flat form's gradient (whole [T, S] maps, inputs
     materialised): at T=2048, H=8, 6 x 11 taps 0.19 s, against 1.1-1.4 s as matrix products
-    over key windows (_window_products) and ~3 s as 66 separate reductions.
+    over key windows (_kernel_grad) and ~3 s as 66 separate reductions.
     """
     zero = jnp.zeros((), d_out_BHRC.dtype)
 
@@ -152,44 +138,39 @@ def _tap_sums(d_out_BHRC, shifted, c_q: int, c_k: int):
     return jnp.stack(per_query_tap, axis=1)
 
 
-def _window_products(x_BHL, d_out_BHP, stride: int, c_q: int, c_k: int, width: int = _WINDOW):
-    """d_kernel[h, a, c] = sum_{b, p} d_out[b, h, p] x[b, h, p + a * stride + c] -> [H, c_q, c_k].
+def _kernel_grad(x_BHRS, d_out_BHTU, c_q: int, c_k: int, width: int = 16):
+    """d_kernel[h, a, c] = sum_{b, i, j} d_out[b, h, i, j] x[b, h, i + a, j + c] -> [H, c_q, c_k].
 
-    The output is cut into windows of `width` positions (n of them); window n of x holds its
-    width + c_k - 1 input positions. For each query tap a (an offset of a * stride / width
-    windows) one matrix product contracts batch and windows: m_a[h, u, v] = sum_{b, n}
-    d_out[b, h, n*width + u] x[b, h, a*stride + n*width + v], and d_kernel[h, a, c] =
-    sum_u m_a[h, u, u + c]. (c_q * c_k separate full reductions run at memory speed and were
-    3x slower on CPU.) The 2-D form's gradient: its inputs are often fused producers (a tile's
-    probabilities), which a variadic reduce (_tap_sums) would recompute per tap, while the
-    window matrix is built once; on blockwise tiles this was 1.3x faster end to end.
+    Keys are cut into windows of `width` output columns (n of them); window n of x holds its
+    width + c_k - 1 input columns. For each query tap a, one matrix product contracts batch, rows
+    and windows: m_a[h, u, v] = sum_{b, i, n} d_out[b, h, i, n*width + u] x[b, h, i + a,
+    n*width + v], and d_kernel[h, a, c] = sum_u m_a[h, u, u + c]. (c_k separate full reductions
+    run at memory speed and were 4x slower on CPU.) The 2-D form's inputs are often fused
+    producers (a blockwise tile's probabilities), which the flat form's variadic reduce
+    (_tap_sums) would recompute per tap; the window matrix is built once (1.3x faster end to end
+    on blockwise tiles).
     """
-    batch, heads, out_len = d_out_BHP.shape
-    if stride % width or c_k - 1 > width:
-        return _window_products(x_BHL, d_out_BHP, stride, c_q, c_k, width=_divisor(stride, c_k))
-    num_windows = -(-out_len // width)
-    d_out_HBNU = jnp.swapaxes(d_out_BHP, 0, 1)
-    d_out_HBNU = jnp.pad(d_out_HBNU, ((0, 0), (0, 0), (0, num_windows * width - out_len)))
-    d_out_HBNU = d_out_HBNU.reshape(heads, batch, num_windows, width)
-    in_windows = (c_q - 1) * stride // width + num_windows
-    x_HBL = jnp.swapaxes(x_BHL, 0, 1)
-    x_HBL = jnp.pad(x_HBL, ((0, 0), (0, 0), (0, max(0, (in_windows + 1) * width - x_HBL.shape[2]))))
+    batch, heads, rows, cols = d_out_BHTU.shape
+    width = max(width, c_k - 1)
+    num_windows = -(-cols // width)
+    padded_cols = num_windows * width
+    d_out_HBTNU = jnp.pad(
+        jnp.swapaxes(d_out_BHTU, 0, 1), ((0, 0), (0, 0), (0, 0), (0, padded_cols - cols))
+    ).reshape(heads, batch, rows * num_windows, width)
+    x_HBRS = jnp.swapaxes(x_BHRS, 0, 1)
+    x_HBRS = jnp.pad(x_HBRS, ((0, 0),) * 3 + ((0, padded_cols + width - x_HBRS.shape[3]),))
+    in_rows = x_HBRS.shape[2]
 
-    def windows(start):  # [H, B, in_windows, width]: positions start + m*width + u
-        cut = x_HBL[..., start : start + in_windows * width]
-        return cut.reshape(heads, batch, in_windows, width)
+    def windows(start):  # [H, B, R, n, width] columns start + n*width + u
+        cut = x_HBRS[..., start : start + padded_cols]
+        return cut.reshape(heads, batch, in_rows, num_windows, width)
 
     x_windows = jnp.concatenate([windows(0), windows(width)[..., : c_k - 1]], axis=-1)
+    x_windows = x_windows.reshape(heads, batch, in_rows * num_windows, width + c_k - 1)
     u_UC, c_UC = jnp.meshgrid(jnp.arange(width), jnp.arange(c_k), indexing="ij")
     grads = []
-    for a in range(c_q):
-        first = a * stride // width
-        x_a = x_windows[:, :, first : first + num_windows]
-        m_HUV = jnp.einsum("hbnu,hbnv->huv", d_out_HBNU, x_a, precision=_HIGHEST)
+    for a in range(c_q):  # rows i + a of x, as a contiguous run of windows
+        x_a = x_windows[:, :, a * num_windows : (a + rows) * num_windows]
+        m_HUV = jnp.einsum("hbku,hbkv->huv", d_out_HBTNU, x_a, precision=_HIGHEST)
         grads.append(jnp.sum(m_HUV[:, u_UC, u_UC + c_UC], axis=1))  # [H, c_k]
     return jnp.stack(grads, axis=1)
-
-
-def _divisor(stride: int, c_k: int) -> int:
-    """The smallest divisor of stride that is at least c_k - 1 (stride itself at worst)."""
-    return next(w for w in range(max(1, c_k - 1), stride + 1) if stride % w == 0)

@@ -32,7 +32,8 @@ from mta.attention.pre_conv import conv_logits
 
 IMPLS = ("dense", "blockwise", "auto")
 AUTO_BLOCKWISE_MIN_KEYS = 1024  # impl="auto" takes the blockwise path from this many keys S on
-# the wide maps' row stride is a multiple of this (aligned rows vectorise better)
+# the wide maps' row stride is rounded up to a multiple of this (kept from session 4's
+# key-window kernel gradient, which needed it; not re-measured without)
 ROW_ALIGN = 16
 
 
