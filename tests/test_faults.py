@@ -145,6 +145,7 @@ def test_corrupt_checkpoint_falls_back_then_refuses_when_none_is_good(
     resumed = run(tmp_path, overrides)
     assert resumed.returncode == 0, resumed.stderr
     assert "checkpoints/6 is unreadable" in resumed.stderr
+    assert "Exception ignored" not in resumed.stderr
     assert (tmp_path / "checkpoints_unreadable/6").is_dir()  # kept for inspection
     assert losses(tmp_path) == reference  # continued from step 3
 
@@ -152,7 +153,11 @@ def test_corrupt_checkpoint_falls_back_then_refuses_when_none_is_good(
         _truncate_largest_file(tmp_path / f"checkpoints/{step}")
     broken = run(tmp_path, overrides, "train.steps=12")
     assert broken.returncode == 2
-    assert broken.stderr.strip().splitlines()[-1].startswith("error: no readable checkpoint")
+    # one line per checkpoint tried, then the error; no read errors left over for exit to print
+    # (they came after the error in about half the runs on a loaded machine)
+    report = broken.stderr.strip().splitlines()
+    assert [line.split()[0] for line in report] == ["warning:", "warning:", "error:"], report
+    assert report[-1].startswith("error: no readable checkpoint")
     assert checkpoints(tmp_path) == [6, 9]  # left in place
 
 

@@ -6,6 +6,7 @@ but unreadable (a file cut short or removed) is moved to WORKDIR/checkpoints_unr
 next older one is used; nothing is deleted.
 """
 
+import gc
 import shutil
 import sys
 from pathlib import Path
@@ -78,25 +79,38 @@ def open_and_restore(
         try:
             state = restore(manager, step, abstract_state, data_iter)
         except Exception as err:
-            path = Path(manager.directory) / str(step)
-            print(
-                f"warning: checkpoint {path} is unreadable ({type(err).__name__}); "
-                "trying an older one",
-                file=sys.stderr,
-            )
-            unreadable.append(path)
-            continue
-        if unreadable:
-            manager.close()
-            _set_aside(unreadable)
-            manager = make_manager(workdir, cfg)
-        return manager, state
+            error_name = type(err).__name__
+        else:
+            if unreadable:
+                manager.close()
+                _set_aside(unreadable)
+                manager = make_manager(workdir, cfg)
+            return manager, state
+        _collect_abandoned_reads()  # here, once the error's traceback no longer holds them
+        path = Path(manager.directory) / str(step)
+        print(
+            f"warning: checkpoint {path} is unreadable ({error_name}); trying an older one",
+            file=sys.stderr,
+        )
+        unreadable.append(path)
     if unreadable:
         raise ConfigError(
             f"no readable checkpoint in {manager.directory} (unreadable: "
             f"{', '.join(p.name for p in unreadable)}); left in place for inspection"
         )
     return manager, None
+
+
+def _collect_abandoned_reads() -> None:
+    """Collects the array reads a failed restore left suspended. Collected at exit instead, each
+    prints its copy of the read error (a TensorStore spec, dozens of lines) after the one line
+    that already reported it, and whether they are left depends on timing."""
+    report = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: None
+    try:
+        gc.collect()
+    finally:
+        sys.unraisablehook = report
 
 
 def _set_aside(paths: list[Path]) -> None:
