@@ -43,6 +43,34 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return (normed * weight).astype(x.dtype)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def project(x: jax.Array, w: jax.Array, num_in: int = 1) -> jax.Array:
+    """A projection: x [*batch, *w.shape[:num_in]] contracted with w -> [*batch,
+    *w.shape[num_in:]] (e.g. [B, T, E] x [E, H, D] -> [B, T, H, D] with num_in=1).
+
+    Its VJP is written out only for speed: from autodiff's gradient XLA:CPU wrote cotangents
+    transposed before the weight-gradient products (the SwiGLU gate's alone took 9% of the small
+    LM's training step); the weight gradient as one contraction over the batch axes has no
+    such copy.
+    """
+    return jnp.tensordot(x, w, axes=num_in)
+
+
+def _project_fwd(x, w, num_in):
+    return project(x, w, num_in), (x, w)
+
+
+def _project_bwd(num_in, residuals, g):
+    x, w = residuals
+    num_batch = x.ndim - num_in
+    dx = jnp.tensordot(g, w, axes=(tuple(range(num_batch, g.ndim)), tuple(range(num_in, w.ndim))))
+    dw = jnp.tensordot(x, g, axes=(tuple(range(num_batch)),) * 2)
+    return dx, dw
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float):
         self.weight = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=("norm",))
@@ -173,9 +201,9 @@ class Attention(nnx.Module):
     def _qkv(self, x_BTE, positions_BT):
         """Projections and RoPE: x [B, T, E] -> q [B, T, H, D], k, v [B, T, K, D]."""
         x = x_BTE.astype(self.dtype)
-        q_BTHD = jnp.einsum("bte,ehd->bthd", x, self.wq[...].astype(self.dtype))
-        k_BTKD = jnp.einsum("bte,ekd->btkd", x, self.wk[...].astype(self.dtype))
-        v_BTKD = jnp.einsum("bte,ekd->btkd", x, self.wv[...].astype(self.dtype))
+        q_BTHD = project(x, self.wq[...].astype(self.dtype))
+        k_BTKD = project(x, self.wk[...].astype(self.dtype))
+        v_BTKD = project(x, self.wv[...].astype(self.dtype))
         q_BTHD = apply_rope(q_BTHD, positions_BT, self.rope_theta)
         k_BTKD = apply_rope(k_BTKD, positions_BT, self.rope_theta)
         return q_BTHD, k_BTKD, v_BTKD
@@ -188,7 +216,7 @@ class Attention(nnx.Module):
     def _output(self, out_BTHD):
         """Group norm on the heads and the output projection: [B, T, H, D] -> [B, T, E]."""
         out_BTHD = self._group_norm(out_BTHD)
-        return jnp.einsum("bthd,hde->bte", out_BTHD, self.wo[...].astype(self.dtype))
+        return project(out_BTHD, self.wo[...].astype(self.dtype), 2)
 
     def _group_norm(self, out_BTHD: jax.Array) -> jax.Array:
         """Per-head RMSNorm over D, then scalar sigmoid gating or depth scaling (MTA_SPEC 3)."""
@@ -267,9 +295,9 @@ class DiffAttention(nnx.Module):
     def _qkv(self, x_BTE, positions_BT):
         """Projections and RoPE: q [B, T, 2H, D], k [B, T, 2K, D], v [B, T, K, 2D]."""
         x = x_BTE.astype(self.dtype)
-        q = jnp.einsum("bte,ehd->bthd", x, self.wq[...].astype(self.dtype))
-        k = jnp.einsum("bte,ekd->btkd", x, self.wk[...].astype(self.dtype))
-        v = jnp.einsum("bte,ekd->btkd", x, self.wv[...].astype(self.dtype))
+        q = project(x, self.wq[...].astype(self.dtype))
+        k = project(x, self.wk[...].astype(self.dtype))
+        v = project(x, self.wv[...].astype(self.dtype))
         q = apply_rope(q, positions_BT, self.rope_theta)
         return q, apply_rope(k, positions_BT, self.rope_theta), v
 
@@ -280,7 +308,7 @@ class DiffAttention(nnx.Module):
     def _output(self, out_BTHD):
         """Per-head norm scaled by (1 - lambda_init), output projection: -> [B, T, E]."""
         out_BTHD = diff_head_norm(out_BTHD, self.head_norm[...], self.lambda_init, self.eps)
-        return jnp.einsum("bthd,hde->bte", out_BTHD, self.wo[...].astype(self.dtype))
+        return project(out_BTHD, self.wo[...].astype(self.dtype), 2)
 
     # ---- Cached decoding (mta/attention/decode.py; driven by mta/eval/generate.py) ----------
 
@@ -318,10 +346,8 @@ class MLP(nnx.Module):
 
     def __call__(self, x_BTE: jax.Array) -> jax.Array:
         x = x_BTE.astype(self.dtype)
-        hidden = jax.nn.silu(x @ self.gate[...].astype(self.dtype)) * (
-            x @ self.up[...].astype(self.dtype)
-        )
-        return hidden @ self.down[...].astype(self.dtype)
+        gate, up, down = (w[...].astype(self.dtype) for w in (self.gate, self.up, self.down))
+        return project(jax.nn.silu(project(x, gate)) * project(x, up), down)
 
 
 class Block(nnx.Module):

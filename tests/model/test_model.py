@@ -7,7 +7,7 @@ import pytest
 from flax import nnx
 
 from mta.config import load_config
-from mta.model import Transformer, apply_rope, count_params, rms_norm
+from mta.model import Transformer, apply_rope, count_params, project, rms_norm
 
 
 def test_rms_norm_matches_numpy():
@@ -15,6 +15,29 @@ def test_rms_norm_matches_numpy():
     w = np.random.default_rng(1).normal(size=(8,))
     expected = x / np.sqrt((x**2).mean(-1, keepdims=True) + 1e-5) * w
     np.testing.assert_allclose(rms_norm(jnp.asarray(x, jnp.float32), w, 1e-5), expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, num_in", [((2, 3, 4), (4, 2, 5), 1), ((2, 3, 2, 5), (2, 5, 4), 2)]
+)
+def test_project_and_its_gradients_match_float64_loops(x_shape, w_shape, num_in):
+    rng = np.random.default_rng(0)
+    x, w = rng.normal(size=x_shape), rng.normal(size=w_shape)
+    batch_shape, in_shape, out_shape = x_shape[:-num_in], w_shape[:num_in], w_shape[num_in:]
+    g = rng.normal(size=batch_shape + out_shape)
+    out, dx, dw = np.zeros(g.shape), np.zeros(x.shape), np.zeros(w.shape)
+    for b in np.ndindex(batch_shape):
+        for i in np.ndindex(in_shape):
+            for o in np.ndindex(out_shape):
+                out[b + o] += x[b + i] * w[i + o]
+                dx[b + i] += g[b + o] * w[i + o]
+                dw[i + o] += x[b + i] * g[b + o]
+    x32, w32 = jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)
+    got, vjp = jax.vjp(lambda x, w: project(x, w, num_in), x32, w32)
+    got_dx, got_dw = jax.jit(vjp)(jnp.asarray(g, jnp.float32))
+    np.testing.assert_allclose(got, out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_dx, dx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_dw, dw, rtol=1e-5, atol=1e-5)
 
 
 def test_rope_matches_numpy_rotation():
