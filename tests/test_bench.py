@@ -82,6 +82,7 @@ def test_train(tmp_path, tiny_overrides):
     for key in ("tokens_per_s", "mfu", "model_gflop_per_step", "matmul_peak_gflops", "params"):
         assert record[key] > 0, key
     assert record["attention"] == "softmax" and record["overrides"] == tiny_overrides
+    assert record["matmul_peak_gflops"] == max(record["matmul_peak_gflops_before_after"])
 
 
 def test_data(tmp_path, tiny_overrides):
