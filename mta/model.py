@@ -85,10 +85,14 @@ def apply_rope(x_BTHD: jax.Array, positions_BT: jax.Array, theta: float) -> jax.
     half = x_BTHD.shape[-1] // 2
     inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
     angles_BTF = positions_BT[..., None].astype(jnp.float32) * inv_freq
-    cos, sin = jnp.cos(angles_BTF)[:, :, None], jnp.sin(angles_BTF)[:, :, None]
-    x1, x2 = jnp.split(x_BTHD.astype(jnp.float32), 2, axis=-1)
-    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return rotated.astype(x_BTHD.dtype)
+    cos, sin = jnp.cos(angles_BTF), jnp.sin(angles_BTF)
+    # [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin] as x * [cos, cos] + [x2, x1] * [-sin, sin]:
+    # swapping the halves is a reversal of a [2, D/2] view, which fuses (no concatenation of x)
+    cos_BT1D = jnp.concatenate([cos, cos], axis=-1)[:, :, None]
+    sin_BT1D = jnp.concatenate([-sin, sin], axis=-1)[:, :, None]
+    x = x_BTHD.astype(jnp.float32)
+    swapped = jnp.flip(x.reshape(*x.shape[:-1], 2, half), axis=-2).reshape(x.shape)
+    return (x * cos_BT1D + swapped * sin_BT1D).astype(x_BTHD.dtype)
 
 
 def kq_kernel_init(shape: tuple[int, ...], kind: str, value: float, rngs: nnx.Rngs) -> jax.Array:
