@@ -161,9 +161,10 @@ def build_parser() -> OneLineParser:
     tr = sub.add_parser(
         "train",
         help="tokens/s and MFU of full training steps",
-        description="Jitted train steps on random tokens; MFU against the best float32 matmul "
-        "GFLOP/s measured in the same run, just before and just after each config. Model FLOPs per sequence: 6 * params * T + "
-        "12 * layers * T^2 * (H * head_dim) / 2; MTA's conv and mixing FLOPs are reported apart.",
+        description="Jitted train steps on random tokens; each step's MFU against the float32 "
+        "matmul GFLOP/s measured just before it (the fastest of --matmul-sizes), median. "
+        "Model FLOPs per sequence: 6 * params * T + 12 * layers * T^2 * (H * head_dim) / 2; "
+        "MTA's conv and mixing FLOPs are reported apart.",
     )
     tr.add_argument("--config", action="append", help="YAML config (repeatable; default: toy pair)")
     tr.add_argument("overrides", nargs="*", help="dotted overrides for every config")
@@ -668,6 +669,17 @@ def matmul_peak(sizes: list[int], repeats: int = 3) -> dict:
     return {"matmul_peak_gflops": best, "matmul_gflops_by_size": per_size}
 
 
+def matmul_probe(n: int):
+    """A callable returning the float32 [n, n] @ [n, n] GFLOP/s of the moment (best of 2)."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(n), (n, n), jnp.float32)
+    dot = jax.jit(jnp.dot)
+    dot(a, a).block_until_ready()
+    return lambda: 2 * n**3 / min(time_calls(lambda: dot(a, a).block_until_ready(), 2, 0)) / 1e9
+
+
 def model_flops_per_sequence(cfg, params: int, seq_len: int) -> dict:
     """Training FLOPs of one sequence: 6 * params * T (matmuls, forward + backward) plus causal
     attention 12 * layers * T^2 * width / 2 (width = H * head_dim: QK^T and AV, forward +
@@ -716,9 +728,10 @@ def synthetic_batch(cfg, seq_len: int, seed: int = 0) -> dict:
     return batch
 
 
-def measure_train(cfg, steps: int, warmup: int, batch: dict | None = None) -> dict:
+def measure_train(cfg, steps: int, warmup: int, batch: dict | None = None, probe=None) -> dict:
     """Wall times of a jitted train step (jitted as in mta/train/loop.py) on one batch
-    (default: synthetic_batch); the first call, which compiles, is timed apart."""
+    (default: synthetic_batch); the first call, which compiles, is timed apart. With `probe`
+    (matmul_probe), the matmul GFLOP/s just before each timed step too ("peaks")."""
     import functools
 
     import jax
@@ -748,52 +761,60 @@ def measure_train(cfg, steps: int, warmup: int, batch: dict | None = None) -> di
     start = time.perf_counter()
     one_step()
     compile_s = time.perf_counter() - start
+    for _ in range(warmup):
+        one_step()
+    times, peaks = [], []
+    for _ in range(steps):
+        if probe is not None:
+            peaks.append(probe())
+        times.extend(time_calls(one_step, 1, 0))
     return {
         "params": count_params(box["state"]["params"]),
         "seq_len": seq_len,
         "batch_size": cfg.train.batch_size,
         "compile_s": round(compile_s, 2),
-        "times": time_calls(one_step, steps, warmup),
+        "times": times,
+        "peaks": peaks,
     }
 
 
 def train_record(cfg, measured: dict, peak: dict) -> dict:
-    """Throughput, model FLOPs and MFU of one config's measured steps."""
-    step_s = statistics.median(measured["times"])
+    """Throughput, model FLOPs and MFU of one config's measured steps. MFU is the median over
+    steps of the step's model GFLOP/s over the matmul GFLOP/s probed just before it: this
+    machine's speed drifts by up to 1.7x within minutes, so a peak measured once, apart from
+    the steps, could make an MFU look 30% better or worse than the step deserves."""
+    times, peaks = measured.pop("times"), measured.pop("peaks")
+    step_s = statistics.median(times)
     tokens = measured["batch_size"] * measured["seq_len"]
     flops = model_flops_per_sequence(cfg, measured["params"], measured["seq_len"])
     model_flops = flops["model"] * measured["batch_size"]
-    achieved = model_flops / step_s / 1e9
-    times = measured.pop("times")
+    achieved = [model_flops / t / 1e9 for t in times]
     return {
         **measured,
         **timing_fields(times, "step"),
         "tokens_per_s": round(tokens / step_s, 1),
         "model_gflop_per_step": round(model_flops / 1e9, 4),
         "mta_extra_gflop_per_step": round(flops["mta_extra"] * measured["batch_size"] / 1e9, 4),
-        "model_gflops": round(achieved, 3),
+        "model_gflops": round(statistics.median(achieved), 3),
         **peak,
-        "mfu": round(achieved / peak["matmul_peak_gflops"], 4),
+        "matmul_probe_gflops": [round(p, 2) for p in peaks],
+        "mfu": round(statistics.median(a / p for a, p in zip(achieved, peaks, strict=True)), 4),
         "flops_formula": "6*params*T + 12*layers*T^2*(H*head_dim)/2 per sequence",
     }
 
 
 def bench_train(args, rec: Recorder) -> None:
-    """Each config (with the overrides) between two matmul peak measurements; its MFU is against
-    the higher (this machine's peak drifted between 145 and 208 GFLOP/s on one day, so one
-    measurement could flatter or sink every MFU of a run)."""
+    """Each config (with the overrides); the matmul size that ran fastest at the start is probed
+    again before every timed step."""
     paths = args.config or list(DEFAULT_CONFIGS)
     cfgs = [(path, load_cfg(path, args.overrides)) for path in paths]
-    peak_before = matmul_peak(args.matmul_sizes)
+    peak = matmul_peak(args.matmul_sizes)
+    sizes = peak["matmul_gflops_by_size"]
+    probe = matmul_probe(int(max(sizes, key=sizes.get)))
     for path, cfg in cfgs:
-        measured = measure_train(cfg, args.steps, args.warmup)
-        peak_after = matmul_peak(args.matmul_sizes)
-        peak = max(peak_before, peak_after, key=lambda p: p["matmul_peak_gflops"])
-        peaks = [p["matmul_peak_gflops"] for p in (peak_before, peak_after)]
+        measured = measure_train(cfg, args.steps, args.warmup, probe=probe)
         params = {"config": path, "overrides": args.overrides, "attention": _attention_kind(cfg)}
-        record = {**train_record(cfg, measured, peak), "matmul_peak_gflops_before_after": peaks}
-        rec.emit({**params, "status": "ok", **record})
-        peak_before = peak_after
+        rec.emit({**params, "status": "ok", **train_record(cfg, measured, peak)})
 
 
 def _attention_kind(cfg) -> str:
@@ -1098,8 +1119,8 @@ COLUMNS = {
         ("model GFLOP/step", "model_gflop_per_step"),
         ("MTA extra GFLOP/step", "mta_extra_gflop_per_step"),
         ("model GFLOP/s", "model_gflops"),
-        ("matmul peak GFLOP/s before, after", "matmul_peak_gflops_before_after"),
-        ("MFU (of the higher peak)", "mfu"),
+        ("matmul GFLOP/s before each step", "matmul_probe_gflops"),
+        ("MFU (median over steps)", "mfu"),
     ],
     "decode": [
         ("level", "level"),
