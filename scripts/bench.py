@@ -767,7 +767,9 @@ def measure_train(cfg, steps: int, warmup: int, batch: dict | None = None, probe
     for _ in range(steps):
         if probe is not None:
             peaks.append(probe())
-        times.extend(time_calls(one_step, 1, 0))
+        start = time.perf_counter()
+        one_step()
+        times.append(time.perf_counter() - start)
     return {
         "params": count_params(box["state"]["params"]),
         "seq_len": seq_len,
@@ -780,9 +782,9 @@ def measure_train(cfg, steps: int, warmup: int, batch: dict | None = None, probe
 
 def train_record(cfg, measured: dict, peak: dict) -> dict:
     """Throughput, model FLOPs and MFU of one config's measured steps. MFU is the median over
-    steps of the step's model GFLOP/s over the matmul GFLOP/s probed just before it: this
-    machine's speed drifts by up to 1.7x within minutes, so a peak measured once, apart from
-    the steps, could make an MFU look 30% better or worse than the step deserves."""
+    steps of the step's model GFLOP/s over the matmul GFLOP/s probed just before it: the 2-core
+    VM this was written on read 142-252 GFLOP/s within one run, so a peak measured once, apart
+    from the steps, could make an MFU look 30% better or worse than the step deserves."""
     times, peaks = measured.pop("times"), measured.pop("peaks")
     step_s = statistics.median(times)
     tokens = measured["batch_size"] * measured["seq_len"]
