@@ -656,28 +656,22 @@ def load_cfg(path: str, overrides: list[str]):
 
 def matmul_peak(sizes: list[int], repeats: int = 3) -> dict:
     """Best float32 jnp.dot GFLOP/s over square sizes: the machine's attainable peak, now."""
-    import jax
-    import jax.numpy as jnp
-
-    best, per_size = 0.0, {}
-    for n in sizes:
-        a = jax.random.normal(jax.random.key(n), (n, n), jnp.float32)
-        dot = jax.jit(jnp.dot)
-        times = time_calls(lambda a=a, dot=dot: dot(a, a).block_until_ready(), repeats, 1)
-        per_size[str(n)] = round(2 * n**3 / min(times) / 1e9, 2)
-        best = max(best, per_size[str(n)])
-    return {"matmul_peak_gflops": best, "matmul_gflops_by_size": per_size}
+    per_size = {str(n): round(matmul_probe(n, repeats)(), 2) for n in sizes}
+    return {"matmul_peak_gflops": max(per_size.values()), "matmul_gflops_by_size": per_size}
 
 
-def matmul_probe(n: int):
-    """A callable returning the float32 [n, n] @ [n, n] GFLOP/s of the moment (best of 2)."""
+def matmul_probe(n: int, repeats: int = 2):
+    """A callable returning the float32 [n, n] @ [n, n] GFLOP/s of the moment (best of
+    `repeats` calls); compiled and run once here."""
     import jax
     import jax.numpy as jnp
 
     a = jax.random.normal(jax.random.key(n), (n, n), jnp.float32)
     dot = jax.jit(jnp.dot)
     dot(a, a).block_until_ready()
-    return lambda: 2 * n**3 / min(time_calls(lambda: dot(a, a).block_until_ready(), 2, 0)) / 1e9
+    return lambda: (
+        2 * n**3 / min(time_calls(lambda: dot(a, a).block_until_ready(), repeats, 0)) / 1e9
+    )
 
 
 def model_flops_per_sequence(cfg, params: int, seq_len: int) -> dict:
