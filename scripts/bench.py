@@ -777,7 +777,7 @@ def measure_train(cfg, steps: int, warmup: int, batch: dict | None = None, probe
 def train_record(cfg, measured: dict, peak: dict) -> dict:
     """Throughput, model FLOPs and MFU of one config's measured steps. MFU is the median over
     steps of the step's model GFLOP/s over the matmul GFLOP/s probed just before it: the 2-core
-    VM this was written on read 142-252 GFLOP/s within one run, so a peak measured once, apart
+    VM this was written on read 142-247 GFLOP/s within one run, so a peak measured once, apart
     from the steps, could make an MFU look 30% better or worse than the step deserves."""
     times, peaks = measured.pop("times"), measured.pop("peaks")
     step_s = statistics.median(times)
