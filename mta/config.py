@@ -77,7 +77,7 @@ class ModelConfig:
 
 @dataclass
 class BlockTaskConfig:
-    """The "find the block" toy task of MTA_SPEC.md."""
+    """The "find the block" toy task of docs/mta.md."""
 
     n: int = 5  # letters per block
     l: int = 2  # noqa: E741  query letters

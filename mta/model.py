@@ -223,7 +223,7 @@ class Attention(nnx.Module):
         return project(out_BTHD, self.wo[...].astype(self.dtype), 2)
 
     def _group_norm(self, out_BTHD: jax.Array) -> jax.Array:
-        """Per-head RMSNorm over D, then scalar sigmoid gating or depth scaling (MTA_SPEC 3)."""
+        """Per-head RMSNorm over D, then scalar sigmoid gating or depth scaling (docs/mta.md section 3)."""
         if self.group_norm == "none":
             return out_BTHD
         normed = rms_norm(out_BTHD.astype(jnp.float32), self.out_norm[...], self.eps)

@@ -1,5 +1,5 @@
 """Multi-Token Attention, blockwise: the contract and results of mta.multi_token_attention in
-O(T * block) memory, forward and backward. See MTA_SPEC.md and mta/attention/mta.py.
+O(T * block) memory, forward and backward. See docs/mta.md and mta/attention/mta.py.
 
     A = mask_0(mix_post(conv_post(softmax(mask_-inf(mix_pre(conv_pre(mask_0(q k^T / sqrt(D))))))))
     out = A v

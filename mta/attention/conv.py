@@ -1,4 +1,4 @@
-"""Convolutions over attention logits or weights (MTA_SPEC.md sections 1 and 2).
+"""Convolutions over attention logits or weights (docs/mta.md sections 1 and 2).
 
 Everything acts on [B, H, T, S] arrays (heads, queries, keys) in float32:
 - key_query_conv: per-head (depthwise) cross-correlation over (queries, keys), kernel [H, c_q, c_k];

@@ -1,6 +1,6 @@
 """Building blocks shared by every attention variant: logits, masks, softmax, value weighting.
 
-Layouts (see MTA_SPEC.md): activations are [B, T, H, D]; keys/values [B, S, K, D] with K dividing H
+Layouts (see docs/mta.md): activations are [B, T, H, D]; keys/values [B, S, K, D] with K dividing H
 (query head h reads key/value head h // (H // K)); logits and weights are [B, H, T, S].
 Queries are the last T of the S key positions (S == T in training, S > T when decoding).
 """

@@ -1,4 +1,4 @@
-"""Differential attention (DIFF Transformer, Ye et al. 2024), the baseline of MTA_SPEC.md.
+"""Differential attention (DIFF Transformer, Ye et al. 2024), the baseline of docs/mta.md.
 
     out_h = softmax(q1_h k1^T / sqrt(D)) v - lambda_h * softmax(q2_h k2^T / sqrt(D)) v
 

@@ -1,4 +1,4 @@
-"""Multi-Token Attention (Golovneva et al. 2025), the dense reference path. See MTA_SPEC.md.
+"""Multi-Token Attention (Golovneva et al. 2025), the dense reference path. See docs/mta.md.
 
     A = mask_0(mix_post(conv_post(softmax(mask_-inf(mix_pre(conv_pre(mask_0(q k^T / sqrt(D))))))))
     out = A v

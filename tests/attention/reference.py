@@ -1,4 +1,4 @@
-"""Slow, obviously-correct float64 numpy loops written from MTA_SPEC.md (no jax, no lax).
+"""Slow, obviously-correct float64 numpy loops written from docs/mta.md (no jax, no lax).
 
 Layouts as in mta.attention: q [B,T,H,D], k/v [B,S,K,D], logits [B,H,T,S]; query i sits at key
 position i + S - T; query head h reads key/value head h // (H // K).
@@ -190,7 +190,7 @@ def _causal(q, k, v):
 def multi_token_attention(
     q, k, v, kq_pre=None, head_pre=None, kq_post=None, head_post=None, segment_ids=None
 ):
-    """MTA_SPEC sections 1-2 step by step -> [B,T,H,D] float64. A 5-D head_pre is the 3-D conv."""
+    """docs/mta.md sections 1-2 step by step -> [B,T,H,D] float64. A 5-D head_pre is the 3-D conv."""
     q, k, v, kq_pre, head_pre, kq_post, head_post = _f64(
         q, k, v, kq_pre, head_pre, kq_post, head_post
     )
@@ -199,7 +199,7 @@ def multi_token_attention(
 
 
 def attention_weights(q, k, kq_pre=None, head_pre=None, kq_post=None, head_post=None):
-    """The attention map of MTA_SPEC sections 1-2 (one document per row) -> [B,H,T,S] float64."""
+    """The attention map of docs/mta.md sections 1-2 (one document per row) -> [B,H,T,S] float64."""
     return _weights(*_f64(q, k, kq_pre, head_pre, kq_post, head_post))
 
 
