@@ -35,7 +35,9 @@ class AttentionConfig:
     """Attention variant. With every MTA part off this is standard causal attention."""
 
     kind: str = "softmax"  # softmax (baseline, talking heads, MTA) | diff (DIFF Transformer)
-    impl: str = "dense"  # dense | blockwise (O(T) memory) | auto (blockwise for long inputs)
+    # reference (the paper's equations, plain autodiff) | dense (tuned for XLA:CPU) | blockwise
+    # (O(T) memory) | auto (dense on CPU, reference elsewhere, blockwise when maps are too big)
+    impl: str = "auto"
     kq_pre: KQConvConfig = field(default_factory=KQConvConfig)  # conv before the softmax
     kq_post: KQConvConfig = field(default_factory=KQConvConfig)  # conv after the softmax
     # Layers with key-query convolution: "all", an explicit list of 0-based layers like
@@ -72,6 +74,9 @@ class ModelConfig:
     scale_output_init: bool = False  # divide output projections' init std by sqrt(2 * layers)
     compute_dtype: str = "float32"  # float32 | bfloat16 (parameters stay float32)
     remat: str = "none"  # none | block | attention: recompute these in the backward pass
+    # Hand-written derivatives measured faster on XLA:CPU: auto (CPU only) | enabled | disabled.
+    # Disabled, the model is plain autodiff (jax.jvp works, except through impl blockwise).
+    tuned_vjp: str = "auto"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 
@@ -199,7 +204,8 @@ class Config:
 
 CHOICES = {
     "model.attention.kind": ("softmax", "diff"),
-    "model.attention.impl": ("dense", "blockwise", "auto"),
+    "model.attention.impl": ("reference", "dense", "blockwise", "auto"),
+    "model.tuned_vjp": ("auto", "enabled", "disabled"),
     "model.attention.head_pre": ("none", "linear", "grouped", "conv3d"),
     "model.attention.head_post": ("none", "grouped"),
     "model.attention.group_norm": ("none", "gating", "depth_scaling"),
@@ -530,6 +536,8 @@ def to_yaml(cfg: Config) -> str:
 # Keys that may change when a run resumes: they do not change what is computed.
 HARMLESS_ON_RESUME = (
     "train.steps",
+    "model.attention.impl",
+    "model.tuned_vjp",
     "log.",
     "eval.",
     "checkpoint.every",

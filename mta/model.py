@@ -1,11 +1,12 @@
 """Decoder-only transformer in the style of the MTA paper's models (Flax NNX).
 
-Pre-norm blocks with RMSNorm, RoPE, SwiGLU, no biases, optionally tied embeddings. The attention
-block projects to heads and calls the pure functions of `mta.attention`; it owns the MTA kernels
-(key-query convolutions, head mixing) and the group norm on the head outputs.
+Pre-norm blocks with RMSNorm, RoPE, SwiGLU, no biases, optionally tied embeddings. The network
+is built from resolved settings (mta/settings.py; mta/resolve.py makes them from a config). An
+attention layer projects to heads and calls the pure functions of `mta.attention`; it owns the
+MTA kernels (key-query convolutions, head mixing) and the group norm on the head outputs.
 
-Every parameter carries `logical_axes` metadata (one name or None per dimension); the training
-code maps those names to mesh axes with the rules of the config.
+Every parameter carries `logical_axes` metadata (one name or None per dimension), which the
+training code maps to mesh axes, and `weight_decay` metadata (whether AdamW decays it).
 """
 
 import functools
@@ -23,13 +24,16 @@ from mta.attention import (
     diff_lambda_init,
     differential_attention,
     multi_token_attention,
+    tuned_vjp,
 )
 from mta.attention import decode as cached
-from mta.config import ModelConfig, kq_layer_indices
-from mta.parallel import TENSOR, constrain_batch, head_split, mesh_axis_size, over_heads
+from mta.parallel import constrain_batch, over_heads
+from mta.settings import AttentionSettings, ModelSettings
 
-MTA_PARAM_NAMES = ("kq_pre", "kq_post", "head_pre", "head_post", "out_norm", "gate_w", "gate_b")
-DIFF_PARAM_NAMES = ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2", "head_norm")
+
+def param(value: jax.Array, axes: tuple, decay: bool = True) -> nnx.Param:
+    """A parameter with its logical axes and whether weight decay applies to it."""
+    return nnx.Param(value, logical_axes=axes, weight_decay=decay)
 
 
 def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float) -> jax.Array:
@@ -43,21 +47,24 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     return (normed * weight).astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def project(x: jax.Array, w: jax.Array, num_in: int = 1) -> jax.Array:
+def project(x: jax.Array, w: jax.Array, num_in: int = 1, tuned: bool = False) -> jax.Array:
     """A projection: x [*batch, *w.shape[:num_in]] contracted with w -> [*batch,
     *w.shape[num_in:]] (e.g. [B, T, E] x [E, H, D] -> [B, T, H, D] with num_in=1).
 
-    Its VJP is written out only for speed: from autodiff's gradient XLA:CPU wrote cotangents
-    transposed before the weight-gradient products (the SwiGLU gate's alone took 9% of the small
-    LM's training step); the weight gradient as one contraction over the batch axes has no
-    such copy.
-    """
+    tuned: a written-out VJP whose weight gradient is one contraction over the batch axes
+    (from autodiff's, XLA:CPU wrote the cotangents transposed before the weight products)."""
+    if tuned:
+        return _project_vjp(x, w, num_in)
+    return jnp.tensordot(x, w, axes=num_in)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _project_vjp(x, w, num_in):
     return jnp.tensordot(x, w, axes=num_in)
 
 
 def _project_fwd(x, w, num_in):
-    return project(x, w, num_in), (x, w)
+    return _project_vjp(x, w, num_in), (x, w)
 
 
 def _project_bwd(num_in, residuals, g):
@@ -68,12 +75,12 @@ def _project_bwd(num_in, residuals, g):
     return dx, dw
 
 
-project.defvjp(_project_fwd, _project_bwd)
+_project_vjp.defvjp(_project_fwd, _project_bwd)
 
 
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, eps: float):
-        self.weight = nnx.Param(jnp.ones((dim,), jnp.float32), logical_axes=("norm",))
+        self.weight = param(jnp.ones((dim,), jnp.float32), ("norm",))
         self.eps = eps
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -113,124 +120,59 @@ def grouped_identity(num_heads: int, group: int) -> jax.Array:
     return jnp.tile(jnp.eye(group, dtype=jnp.float32), (num_heads // group, 1, 1))
 
 
-def head_mixing(head_pre: str, head_post: str, group: int) -> tuple:
-    """The head mixings of a layer for tensor parallelism: "linear" or the group size of each."""
-    pre = {"none": (), "linear": ("linear",)}.get(head_pre, (group,))
-    return pre + ((group,) if head_post == "grouped" else ())
+class _Projected(nnx.Module):
+    """What every attention layer shares: q/k/v/o projections, RoPE, the tensor-parallel call
+    of the core and cached decoding. Subclasses define the core (_attend, _prefill, _step) and
+    what happens to the head outputs before the output projection (_norm)."""
 
-
-class Attention(nnx.Module):
-    """Projections, RoPE, (multi-token) attention, group norm on the heads, output projection."""
-
-    def __init__(self, cfg: ModelConfig, layer: int, rngs: nnx.Rngs):
-        a = cfg.attention
-        self.num_heads = cfg.num_heads
-        self.num_kv_heads = cfg.num_kv_heads or cfg.num_heads
-        self.head_dim = cfg.head_dim or cfg.dim // cfg.num_heads
-        self.rope_theta, self.eps, self.impl = cfg.rope_theta, cfg.norm_eps, a.impl
-        self.group_norm = a.group_norm
-        self.depth_scale = 1.0 - (0.8 - 0.6 * math.exp(-0.3 * layer))
-        self.dtype = jnp.dtype(cfg.compute_dtype)
-        H, K, D, std = self.num_heads, self.num_kv_heads, self.head_dim, cfg.init_std
-        out_std = std / math.sqrt(2 * cfg.num_layers) if cfg.scale_output_init else std
-        self.wq = nnx.Param(
-            _normal(rngs, (cfg.dim, H, D), std), logical_axes=("embed", "heads", None)
+    def _projections(self, m: ModelSettings, s: AttentionSettings, rngs, q_heads, kv_heads, v_dim):
+        """wq [E, q_heads, D], wk [E, kv_heads, D], wv [E, K, v_dim], wo [H, v_dim, E]."""
+        std = m.init_std
+        out_std = std / math.sqrt(2 * m.num_layers) if m.scale_output_init else std
+        self.wq = param(_normal(rngs, (m.dim, q_heads, s.head_dim), std), ("embed", "heads", None))
+        self.wk = param(
+            _normal(rngs, (m.dim, kv_heads, s.head_dim), std), ("embed", "kv_heads", None)
         )
-        self.wk = nnx.Param(
-            _normal(rngs, (cfg.dim, K, D), std), logical_axes=("embed", "kv_heads", None)
+        self.wv = param(
+            _normal(rngs, (m.dim, s.num_kv_heads, v_dim), std), ("embed", "kv_heads", None)
         )
-        self.wv = nnx.Param(
-            _normal(rngs, (cfg.dim, K, D), std), logical_axes=("embed", "kv_heads", None)
+        self.wo = param(
+            _normal(rngs, (s.num_heads, v_dim, m.dim), out_std), ("heads", None, "embed")
         )
-        self.wo = nnx.Param(
-            _normal(rngs, (H, D, cfg.dim), out_std), logical_axes=("heads", None, "embed")
-        )
-
-        has_kq = layer in kq_layer_indices(a.kq_layers, cfg.num_layers)
-        group = a.head_group_size or H
-        if has_kq and a.kq_pre.enabled and a.head_pre != "conv3d":
-            shape = (H, a.kq_pre.c_q, a.kq_pre.c_k)
-            self.kq_pre = nnx.Param(
-                kq_kernel_init(shape, a.kernel_init, a.kernel_init_value, rngs),
-                logical_axes=("heads", None, None),
-            )
-        if has_kq and a.kq_post.enabled:
-            shape = (H, a.kq_post.c_q, a.kq_post.c_k)
-            self.kq_post = nnx.Param(
-                kq_kernel_init(shape, a.kernel_init, a.kernel_init_value, rngs),
-                logical_axes=("heads", None, None),
-            )
-        if a.head_pre == "linear":
-            self.head_pre = nnx.Param(jnp.eye(H, dtype=jnp.float32), logical_axes=(None, None))
-        elif a.head_pre == "grouped" or (a.head_pre == "conv3d" and not has_kq):
-            self.head_pre = nnx.Param(
-                grouped_identity(H, group), logical_axes=("heads", None, None)
-            )
-        elif a.head_pre == "conv3d":
-            c_q, c_k = a.kq_pre.c_q, a.kq_pre.c_k
-            kernel = jnp.zeros((H // group, group, group, c_q, c_k), jnp.float32)
-            kernel = kernel.at[:, :, :, c_q - 1, (c_k - 1) // 2].set(grouped_identity(H, group))
-            self.head_pre = nnx.Param(kernel, logical_axes=("heads", None, None, None, None))
-        if a.head_post == "grouped":
-            self.head_post = nnx.Param(
-                grouped_identity(H, group), logical_axes=("heads", None, None)
-            )
-        self.head_mixing = head_mixing(a.head_pre, a.head_post, group)
-        if a.group_norm != "none":
-            self.out_norm = nnx.Param(jnp.ones((D,), jnp.float32), logical_axes=("norm",))
-        if a.group_norm == "gating":
-            self.gate_w = nnx.Param(_normal(rngs, (D,), std), logical_axes=("norm",))
-            self.gate_b = nnx.Param(jnp.zeros((), jnp.float32), logical_axes=())
-
-    def _kernel(self, name: str) -> jax.Array | None:
-        param = getattr(self, name, None)  # absent when this layer does not use it
-        return None if param is None else param[...]
+        self.settings, self.rope_theta, self.eps = s, m.rope_theta, m.norm_eps
+        self.dtype, self.tuned = jnp.dtype(m.compute_dtype), m.tuned
 
     def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
-        q_BTHD, k_BTKD, v_BTKD = self._qkv(x_BTE, positions_BT)
-        H, K = self.num_heads, self.num_kv_heads
-        split = head_split(H, K, mesh_axis_size(TENSOR), self.head_mixing)
-        kernels = {name: w for name, w in self._kernels().items() if w is not None}
-        attend = functools.partial(multi_token_attention, impl=self.impl)
+        """x [B, T, E] -> [B, T, E]."""
+        q, k, v = self._qkv(x_BTE, positions_BT)
         out_BTHD = over_heads(
-            attend, q_BTHD, k_BTKD, v_BTKD, kernels, segment_ids_BT, split, split_kv=K > 1
+            self._attend,
+            q,
+            k,
+            v,
+            self._core_params(),
+            segment_ids_BT,
+            self.settings.split_heads,
+            split_kv=self.settings.num_kv_heads > 1,
         )
         return self._output(out_BTHD)
 
-    def weights(self, x_BTE, positions_BT, segment_ids_BT=None):
-        """The attention map of this layer (dense path): x [B, T, E] -> [B, H, T, T] float32."""
-        q_BTHD, k_BTKD, _ = self._qkv(x_BTE, positions_BT)
-        return attention_weights(q_BTHD, k_BTKD, **self._kernels(), segment_ids=segment_ids_BT)
-
     def _qkv(self, x_BTE, positions_BT):
-        """Projections and RoPE: x [B, T, E] -> q [B, T, H, D], k, v [B, T, K, D]."""
+        """Projections and RoPE on q and k."""
         x = x_BTE.astype(self.dtype)
-        q_BTHD = project(x, self.wq[...].astype(self.dtype))
-        k_BTKD = project(x, self.wk[...].astype(self.dtype))
-        v_BTKD = project(x, self.wv[...].astype(self.dtype))
-        q_BTHD = apply_rope(q_BTHD, positions_BT, self.rope_theta)
-        k_BTKD = apply_rope(k_BTKD, positions_BT, self.rope_theta)
-        return q_BTHD, k_BTKD, v_BTKD
+        q, k, v = (self._project(x, w) for w in (self.wq, self.wk, self.wv))
+        return (
+            apply_rope(q, positions_BT, self.rope_theta),
+            apply_rope(k, positions_BT, self.rope_theta),
+            v,
+        )
 
-    def _kernels(self) -> dict:
-        """The MTA kernels this layer has (None for the absent ones)."""
-        names = ("kq_pre", "head_pre", "kq_post", "head_post")
-        return {name: self._kernel(name) for name in names}
+    def _project(self, x, w, num_in: int = 1):
+        return project(x, w[...].astype(self.dtype), num_in, tuned_vjp(self.tuned))
 
     def _output(self, out_BTHD):
-        """Group norm on the heads and the output projection: [B, T, H, D] -> [B, T, E]."""
-        out_BTHD = self._group_norm(out_BTHD)
-        return project(out_BTHD, self.wo[...].astype(self.dtype), 2)
-
-    def _group_norm(self, out_BTHD: jax.Array) -> jax.Array:
-        """Per-head RMSNorm over D, then scalar sigmoid gating or depth scaling (docs/mta.md section 3)."""
-        if self.group_norm == "none":
-            return out_BTHD
-        normed = rms_norm(out_BTHD.astype(jnp.float32), self.out_norm[...], self.eps)
-        if self.group_norm == "gating":
-            gate_BTH1 = jax.nn.sigmoid(normed @ self.gate_w[...] + self.gate_b[...])[..., None]
-            return (normed * gate_BTH1).astype(out_BTHD.dtype)
-        return (normed * self.depth_scale).astype(out_BTHD.dtype)
+        """The head norm and the output projection: [B, T, H, Dv] -> [B, T, E]."""
+        return self._project(self._norm(out_BTHD), self.wo, 2)
 
     # ---- Cached decoding (mta/attention/decode.py; driven by mta/eval/generate.py) ----------
 
@@ -238,130 +180,145 @@ class Attention(nnx.Module):
         """Prompt pass: x [B, T, E] right-padded (row b's tokens at 0..lengths[b]-1)
         -> ([B, T, E], LayerCache of max_len positions)."""
         positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])
-        q_BTHD, k_BTKD, v_BTKD = self._qkv(x_BTE, positions_BT)
-        out_BTHD, cache = cached.prefill(
-            q_BTHD, k_BTKD, v_BTKD, lengths_B, max_len, **self._kernels()
-        )
-        return self._output(out_BTHD), cache
-
-    def decode(self, x_B1E, cache):
-        """One token per row at position cache.lengths, reading the cache:
-        x [B, 1, E] -> ([B, 1, E], CacheUpdate for cached.commit)."""
-        q_B1HD, k_B1KD, v_B1KD = self._qkv(x_B1E, cache.lengths[:, None])
-        out_B1HD, update = cached.attend_step(q_B1HD, k_B1KD, v_B1KD, cache, **self._kernels())
-        return self._output(out_B1HD), update
-
-
-def _differential(q, k, v, segment_ids, lam):
-    return differential_attention(q, k, v, lam, segment_ids)
-
-
-class DiffAttention(nnx.Module):
-    """DIFF Transformer attention (Ye et al. 2024): H' heads, each the difference of two softmax
-    maps over half-heads of width D, values of width 2D, a learned lambda re-parameterised as
-    exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init(layer), and per-head RMSNorm scaled by
-    (1 - lambda_init). H' = num_heads, D = head_dim (default dim // (2 H'))."""
-
-    def __init__(self, cfg: ModelConfig, layer: int, rngs: nnx.Rngs):
-        H = cfg.num_heads
-        K = cfg.num_kv_heads or H
-        D = cfg.head_dim or cfg.dim // (2 * H)
-        self.rope_theta, self.eps = cfg.rope_theta, cfg.norm_eps
-        self.lambda_init = diff_lambda_init(layer)
-        self.dtype = jnp.dtype(cfg.compute_dtype)
-        std = cfg.init_std
-        out_std = std / math.sqrt(2 * cfg.num_layers) if cfg.scale_output_init else std
-        self.wq = nnx.Param(
-            _normal(rngs, (cfg.dim, 2 * H, D), std), logical_axes=("embed", "heads", None)
-        )
-        self.wk = nnx.Param(
-            _normal(rngs, (cfg.dim, 2 * K, D), std), logical_axes=("embed", "kv_heads", None)
-        )
-        self.wv = nnx.Param(
-            _normal(rngs, (cfg.dim, K, 2 * D), std), logical_axes=("embed", "kv_heads", None)
-        )
-        self.wo = nnx.Param(
-            _normal(rngs, (H, 2 * D, cfg.dim), out_std), logical_axes=("heads", None, "embed")
-        )
-        for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"):
-            setattr(self, name, nnx.Param(_normal(rngs, (D,), 0.1), logical_axes=("norm",)))
-        self.head_norm = nnx.Param(jnp.ones((2 * D,), jnp.float32), logical_axes=("norm",))
-
-    def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
         q, k, v = self._qkv(x_BTE, positions_BT)
-        H, K = q.shape[2] // 2, v.shape[2]
-        split = head_split(H, K, mesh_axis_size(TENSOR))
-        out_BTHD = over_heads(
-            _differential, q, k, v, {"lam": self._lambda()}, segment_ids_BT, split, K > 1
-        )
-        return self._output(out_BTHD)
-
-    def _qkv(self, x_BTE, positions_BT):
-        """Projections and RoPE: q [B, T, 2H, D], k [B, T, 2K, D], v [B, T, K, 2D]."""
-        x = x_BTE.astype(self.dtype)
-        q = project(x, self.wq[...].astype(self.dtype))
-        k = project(x, self.wk[...].astype(self.dtype))
-        v = project(x, self.wv[...].astype(self.dtype))
-        q = apply_rope(q, positions_BT, self.rope_theta)
-        return q, apply_rope(k, positions_BT, self.rope_theta), v
-
-    def _lambda(self):
-        lambdas = (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2)
-        return diff_lambda(*(p[...] for p in lambdas), self.lambda_init)
-
-    def _output(self, out_BTHD):
-        """Per-head norm scaled by (1 - lambda_init), output projection: -> [B, T, E]."""
-        out_BTHD = diff_head_norm(out_BTHD, self.head_norm[...], self.lambda_init, self.eps)
-        return project(out_BTHD, self.wo[...].astype(self.dtype), 2)
-
-    # ---- Cached decoding (mta/attention/decode.py; driven by mta/eval/generate.py) ----------
-
-    def prefill(self, x_BTE, lengths_B, max_len: int):
-        """Prompt pass: x [B, T, E] right-padded -> ([B, T, E], LayerCache of max_len)."""
-        positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])
-        q, k, v = self._qkv(x_BTE, positions_BT)
-        out_BTHD, cache = cached.diff_prefill(q, k, v, self._lambda(), lengths_B, max_len)
+        out_BTHD, cache = self._prefill(q, k, v, lengths_B, max_len)
         return self._output(out_BTHD), cache
 
     def decode(self, x_B1E, cache):
         """One token per row at position cache.lengths, reading the cache:
         x [B, 1, E] -> ([B, 1, E], CacheUpdate for cached.commit)."""
         q, k, v = self._qkv(x_B1E, cache.lengths[:, None])
-        out_B1HD, update = cached.diff_attend_step(q, k, v, cache, self._lambda())
+        out_B1HD, update = self._step(q, k, v, cache)
         return self._output(out_B1HD), update
+
+
+class Attention(_Projected):
+    """Softmax attention with the optional MTA parts: key-query convolutions, head mixing and
+    group norm (the baseline when all are off)."""
+
+    def __init__(self, m: ModelSettings, s: AttentionSettings, rngs: nnx.Rngs):
+        H, D, c_h = s.num_heads, s.head_dim, s.head_group
+        self._projections(m, s, rngs, H, s.num_kv_heads, D)
+        decay = s.decay_mta_params
+
+        def kq_kernel(taps):
+            init = kq_kernel_init((H, *taps), s.kernel_init, s.kernel_init_value, rngs)
+            return param(init, ("heads", None, None), decay)
+
+        if s.kq_pre is not None and s.head_pre != "conv3d":
+            self.kq_pre = kq_kernel(s.kq_pre)
+        if s.kq_post is not None:
+            self.kq_post = kq_kernel(s.kq_post)
+        if s.head_pre == "linear":
+            self.head_pre = param(jnp.eye(H, dtype=jnp.float32), (None, None), decay)
+        elif s.head_pre == "grouped":
+            self.head_pre = param(grouped_identity(H, c_h), ("heads", None, None), decay)
+        elif s.head_pre == "conv3d":
+            c_q, c_k = s.kq_pre
+            kernel = jnp.zeros((H // c_h, c_h, c_h, c_q, c_k), jnp.float32)
+            kernel = kernel.at[:, :, :, c_q - 1, (c_k - 1) // 2].set(grouped_identity(H, c_h))
+            self.head_pre = param(kernel, ("heads", None, None, None, None), decay)
+        if s.head_post == "grouped":
+            self.head_post = param(grouped_identity(H, c_h), ("heads", None, None), decay)
+        if s.group_norm != "none":
+            self.out_norm = param(jnp.ones((D,), jnp.float32), ("norm",), decay)
+        if s.group_norm == "gating":
+            self.gate_w = param(_normal(rngs, (D,), m.init_std), ("norm",), decay)
+            self.gate_b = param(jnp.zeros((), jnp.float32), (), decay)
+
+    def _core_params(self) -> dict:
+        """The MTA kernels this layer has, by name."""
+        names = ("kq_pre", "head_pre", "kq_post", "head_post")
+        return {name: getattr(self, name)[...] for name in names if hasattr(self, name)}
+
+    def _attend(self, q, k, v, segment_ids=None, **kernels):
+        return multi_token_attention(
+            q, k, v, **kernels, segment_ids=segment_ids, impl=self.settings.impl, tuned=self.tuned
+        )
+
+    def _prefill(self, q, k, v, lengths_B, max_len):
+        kernels = self._core_params()
+        return cached.prefill(q, k, v, lengths_B, max_len, **kernels, impl=self.settings.impl)
+
+    def _step(self, q, k, v, cache):
+        return cached.attend_step(q, k, v, cache, **self._core_params())
+
+    def weights(self, x_BTE, positions_BT, segment_ids_BT=None):
+        """The attention map of this layer: x [B, T, E] -> [B, H, T, T] float32."""
+        q, k, _ = self._qkv(x_BTE, positions_BT)
+        return attention_weights(q, k, **self._core_params(), segment_ids=segment_ids_BT)
+
+    def _norm(self, out_BTHD: jax.Array) -> jax.Array:
+        """Per-head RMSNorm over D, then scalar sigmoid gating or depth scaling (docs/mta.md)."""
+        group_norm = self.settings.group_norm
+        if group_norm == "none":
+            return out_BTHD
+        normed = rms_norm(out_BTHD.astype(jnp.float32), self.out_norm[...], self.eps)
+        if group_norm == "gating":
+            gate_BTH1 = jax.nn.sigmoid(normed @ self.gate_w[...] + self.gate_b[...])[..., None]
+            return (normed * gate_BTH1).astype(out_BTHD.dtype)
+        depth_scale = 1.0 - diff_lambda_init(self.settings.layer)
+        return (normed * depth_scale).astype(out_BTHD.dtype)
+
+
+class DiffAttention(_Projected):
+    """DIFF Transformer attention (Ye et al. 2024): H' heads, each the difference of two softmax
+    maps over half-heads of width D, values of width 2D, a learned lambda re-parameterised as
+    exp(lq1 . lk1) - exp(lq2 . lk2) + lambda_init(layer), and per-head RMSNorm scaled by
+    (1 - lambda_init). H' = num_heads, D = head_dim (default dim // (2 H'))."""
+
+    def __init__(self, m: ModelSettings, s: AttentionSettings, rngs: nnx.Rngs):
+        D = s.head_dim
+        self._projections(m, s, rngs, 2 * s.num_heads, 2 * s.num_kv_heads, 2 * D)
+        self.lambda_init = diff_lambda_init(s.layer)
+        for name in ("lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2"):
+            setattr(self, name, param(_normal(rngs, (D,), 0.1), ("norm",)))
+        self.head_norm = param(jnp.ones((2 * D,), jnp.float32), ("norm",))
+
+    def _core_params(self) -> dict:
+        lambdas = (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2)
+        return {"lam": diff_lambda(*(p[...] for p in lambdas), self.lambda_init)}
+
+    def _attend(self, q, k, v, segment_ids=None, lam=None):
+        return differential_attention(q, k, v, lam, segment_ids, tuned_vjp(self.tuned))
+
+    def _prefill(self, q, k, v, lengths_B, max_len):
+        return cached.diff_prefill(q, k, v, self._core_params()["lam"], lengths_B, max_len)
+
+    def _step(self, q, k, v, cache):
+        return cached.diff_attend_step(q, k, v, cache, self._core_params()["lam"])
+
+    def _norm(self, out_BTHD):
+        """Per-head norm scaled by (1 - lambda_init)."""
+        return diff_head_norm(out_BTHD, self.head_norm[...], self.lambda_init, self.eps)
 
 
 class MLP(nnx.Module):
     """SwiGLU: down(silu(x @ gate) * (x @ up))."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        std = cfg.init_std
-        out_std = std / math.sqrt(2 * cfg.num_layers) if cfg.scale_output_init else std
-        self.gate = nnx.Param(
-            _normal(rngs, (cfg.dim, cfg.mlp_hidden), std), logical_axes=("embed", "mlp")
-        )
-        self.up = nnx.Param(
-            _normal(rngs, (cfg.dim, cfg.mlp_hidden), std), logical_axes=("embed", "mlp")
-        )
-        self.down = nnx.Param(
-            _normal(rngs, (cfg.mlp_hidden, cfg.dim), out_std), logical_axes=("mlp", "embed")
-        )
-        self.dtype = jnp.dtype(cfg.compute_dtype)
+    def __init__(self, m: ModelSettings, rngs: nnx.Rngs):
+        std = m.init_std
+        out_std = std / math.sqrt(2 * m.num_layers) if m.scale_output_init else std
+        self.gate = param(_normal(rngs, (m.dim, m.mlp_hidden), std), ("embed", "mlp"))
+        self.up = param(_normal(rngs, (m.dim, m.mlp_hidden), std), ("embed", "mlp"))
+        self.down = param(_normal(rngs, (m.mlp_hidden, m.dim), out_std), ("mlp", "embed"))
+        self.dtype, self.tuned = jnp.dtype(m.compute_dtype), m.tuned
 
     def __call__(self, x_BTE: jax.Array) -> jax.Array:
         x = x_BTE.astype(self.dtype)
+        tuned = tuned_vjp(self.tuned)
         gate, up, down = (w[...].astype(self.dtype) for w in (self.gate, self.up, self.down))
-        return project(jax.nn.silu(project(x, gate)) * project(x, up), down)
+        hidden = jax.nn.silu(project(x, gate, 1, tuned)) * project(x, up, 1, tuned)
+        return project(hidden, down, 1, tuned)
 
 
 class Block(nnx.Module):
-    def __init__(self, cfg: ModelConfig, layer: int, rngs: nnx.Rngs):
-        self.attn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        attention = DiffAttention if cfg.attention.kind == "diff" else Attention
-        self.attn = attention(cfg, layer, rngs)
-        self.mlp_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.mlp = MLP(cfg, rngs)
-        self.remat = cfg.remat
+    def __init__(self, m: ModelSettings, s: AttentionSettings, rngs: nnx.Rngs):
+        self.attn_norm = RMSNorm(m.dim, m.norm_eps)
+        self.attn = (DiffAttention if s.kind == "diff" else Attention)(m, s, rngs)
+        self.mlp_norm = RMSNorm(m.dim, m.norm_eps)
+        self.mlp = MLP(m, rngs)
+        self.remat = m.remat
 
     def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
         attention = type(self.attn).__call__
@@ -386,31 +343,30 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """tokens [B, T] int -> logits [B, T, V] float32."""
+    """tokens [B, T] int -> logits [B, T, V] float32, built from ModelSettings."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.cfg = cfg
-        self.embed = nnx.Param(
-            _normal(rngs, (cfg.vocab_size, cfg.dim), cfg.init_std), logical_axes=("vocab", "embed")
-        )
-        self.blocks = nnx.List([Block(cfg, i, rngs) for i in range(cfg.num_layers)])
-        self.final_norm = RMSNorm(cfg.dim, cfg.norm_eps)
-        if not cfg.tie_embeddings:
-            self.unembed = nnx.Param(
-                _normal(rngs, (cfg.dim, cfg.vocab_size), cfg.init_std),
-                logical_axes=("embed", "vocab"),
+    def __init__(self, settings: ModelSettings, rngs: nnx.Rngs):
+        m = self.settings = settings
+        self.embed = param(_normal(rngs, (m.vocab_size, m.dim), m.init_std), ("vocab", "embed"))
+        self.blocks = nnx.List([Block(m, s, rngs) for s in m.layers])
+        self.final_norm = RMSNorm(m.dim, m.norm_eps)
+        if not m.tie_embeddings:
+            self.unembed = param(
+                _normal(rngs, (m.dim, m.vocab_size), m.init_std), ("embed", "vocab")
             )
 
+    def _embed(self, tokens_BT):
+        return self.embed[...].astype(self.settings.compute_dtype)[tokens_BT]
+
     def __call__(self, tokens_BT, positions_BT=None, segment_ids_BT=None) -> jax.Array:
-        x_BTE = self.embed[...].astype(self.cfg.compute_dtype)[tokens_BT]
-        return self.from_embeddings(x_BTE, positions_BT, segment_ids_BT)
+        return self.from_embeddings(self._embed(tokens_BT), positions_BT, segment_ids_BT)
 
     def from_embeddings(self, x_BTE, positions_BT=None, segment_ids_BT=None) -> jax.Array:
         """The network after the embedding lookup: [B, T, E] -> logits [B, T, V] float32.
         Positions default to 0..T-1 (with segment_ids, give each document's own positions)."""
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])
-        block_fn = nnx.remat(Block.__call__) if self.cfg.remat == "block" else Block.__call__
+        block_fn = nnx.remat(Block.__call__) if self.settings.remat == "block" else Block.__call__
         x_BTE = constrain_batch(x_BTE)
         for block in self.blocks:
             x_BTE = constrain_batch(block_fn(block, x_BTE, positions_BT, segment_ids_BT))
@@ -419,11 +375,9 @@ class Transformer(nnx.Module):
     def attention_maps(self, tokens_BT, positions_BT=None, segment_ids_BT=None) -> list:
         """Each layer's attention map for inspection: tokens [B, T] -> L arrays [B, H, T, T]
         float32 (softmax attention only; the DIFF baseline has two maps per head)."""
-        if self.cfg.attention.kind != "softmax":
-            raise ValueError(
-                f"attention maps need attention.kind=softmax, not {self.cfg.attention.kind}"
-            )
-        x_BTE = self.embed[...].astype(self.cfg.compute_dtype)[tokens_BT]
+        if any(s.kind != "softmax" for s in self.settings.layers):
+            raise ValueError("attention maps need attention.kind=softmax, not diff")
+        x_BTE = self._embed(tokens_BT)
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])
         maps = []
@@ -438,7 +392,7 @@ class Transformer(nnx.Module):
         """Prompt pass filling one cache per layer. tokens [B, T] right-padded: row b's prompt
         is tokens[b, :lengths[b]] at positions 0..lengths[b]-1 (later entries are ignored).
         -> (logits [B, T, V] float32, tuple of LayerCache with max_len positions)."""
-        x_BTE = self.embed[...].astype(self.cfg.compute_dtype)[tokens_BT]
+        x_BTE = self._embed(tokens_BT)
         caches = []
         for block in self.blocks:
             x_BTE, cache = block.prefill(x_BTE, lengths_B, max_len)
@@ -449,7 +403,7 @@ class Transformer(nnx.Module):
         """One token per row, at position caches[l].lengths (RoPE included):
         tokens [B, 1] -> (logits [B, 1, V] float32, one CacheUpdate per layer). The caches
         are only read; apply the updates with mta.attention.decode.commit (see its module)."""
-        x_B1E = self.embed[...].astype(self.cfg.compute_dtype)[tokens_B1]
+        x_B1E = self._embed(tokens_B1)
         updates = []
         for block, cache in zip(self.blocks, caches, strict=True):
             x_B1E, update = block.decode(x_B1E, cache)

@@ -1,5 +1,5 @@
 """Multi-Token Attention, blockwise: the contract and results of mta.multi_token_attention in
-O(T * block) memory, forward and backward. See docs/mta.md and mta/attention/mta.py.
+O(T * block) memory, forward and backward (impl="blockwise"). See docs/mta.md and reference.py.
 
     A = mask_0(mix_post(conv_post(softmax(mask_-inf(mix_pre(conv_pre(mask_0(q k^T / sqrt(D))))))))
     out = A v
@@ -39,13 +39,9 @@ import jax.numpy as jnp
 from einops import rearrange
 from jax import lax
 
-from mta.attention.conv import (
-    check_head_kernel,
-    check_kq_kernel,
-    grouped_conv_valid,
-    mix_heads,
-)
-from mta.attention.core import attention_logits, check_heads, weight_values
+from mta.attention.conv import grouped_conv_valid, mix_heads
+from mta.attention.core import attention_logits, check_heads, check_segments, weight_values
+from mta.attention.kernels import KernelSpec
 
 BLOCK_Q = 128
 BLOCK_K = 128
@@ -59,10 +55,16 @@ class _Plan:
     num_s: int
     block_q: int
     block_k: int
-    pre_cq: int = 1  # query taps of the pre conv (kq_pre or the 5-D head_pre); 1 = none
-    pre_ck: int = 1
-    post_cq: int = 1
-    post_ck: int = 1
+    spec: KernelSpec
+    tuned: bool  # the conv and mixing VJPs of conv.py (XLA:CPU)
+
+    @property
+    def pre_cq(self) -> int:
+        return self.spec.pre_taps[0]
+
+    @property
+    def post_cq(self) -> int:
+        return self.spec.post_taps[0]
 
     @property
     def num_qb(self) -> int:
@@ -74,11 +76,11 @@ class _Plan:
 
     @property
     def pre_r(self) -> int:
-        return (self.pre_ck - 1) // 2
+        return self.spec.pre_r
 
     @property
     def post_r(self) -> int:
-        return (self.post_ck - 1) // 2
+        return self.spec.post_r
 
     @property
     def rows_above(self) -> int:
@@ -108,68 +110,29 @@ def multi_token_attention_blockwise(
     *,
     block_q: int = BLOCK_Q,
     block_k: int = BLOCK_K,
+    tuned: bool = False,
 ) -> jax.Array:
     """Blockwise MTA: q [B,T,H,D], k/v [B,S,K,D] (K divides H) -> [B,T,H,D] (v's dtype).
 
-    Same arguments and result as mta.multi_token_attention (impl="dense"), including a 5-D
+    Same arguments and result as the reference (mta/attention/reference.py), including a 5-D
     head_pre (the full 3-D pre conv); block_q / block_k need not divide T / S. Memory is
     O(B * H * block_q * block_k) per tile plus O(B * T * H * D), forward and backward.
+    tuned: the tiles' convolutions and mixing use the hand-written VJPs of conv.py.
     """
-    kernels = {
-        name: kernel
-        for name, kernel in (
-            ("kq_pre", kq_pre),
-            ("head_pre", head_pre),
-            ("kq_post", kq_post),
-            ("head_post", head_post),
-        )
-        if kernel is not None
-    }
-    _check(q, k, v, kernels, segment_ids, block_q, block_k)
-    pre_cq, pre_ck = _pre_taps(kernels)
-    post_cq, post_ck = jnp.shape(kq_post)[1:] if kq_post is not None else (1, 1)
-    num_t, num_s = q.shape[1], k.shape[1]
-    plan = _Plan(
-        num_t, num_s, min(block_q, num_t), min(block_k, num_s), pre_cq, pre_ck, post_cq, post_ck
-    )
-    return _attend(plan, q, k, v, kernels, segment_ids)
-
-
-def _pre_taps(kernels) -> tuple[int, int]:
-    """(c_q, c_k) of the pre-softmax conv: kq_pre's, a 5-D head_pre's, or (1, 1)."""
-    if "kq_pre" in kernels:
-        return tuple(jnp.shape(kernels["kq_pre"])[1:])
-    if "head_pre" in kernels and jnp.ndim(kernels["head_pre"]) == 5:
-        return tuple(jnp.shape(kernels["head_pre"])[3:])
-    return 1, 1
-
-
-def _check(q, k, v, kernels, segment_ids, block_q, block_k) -> None:
-    """The dense path's argument checks (ValueError naming the argument)."""
-    num_heads = q.shape[2]
-    check_heads(num_heads, k.shape[2])
+    given = dict(kq_pre=kq_pre, head_pre=head_pre, kq_post=kq_post, head_post=head_post)
+    spec = KernelSpec.of(q.shape[2], **given)
+    kernels = {name: kernel for name, kernel in given.items() if kernel is not None}
+    check_heads(q.shape[2], k.shape[2])
     if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape} do not fit [B,T,H,D], [B,S,K,D]")
     if q.shape[1] > k.shape[1]:
         raise ValueError(f"queries are the last T of S keys: T={q.shape[1]} > S={k.shape[1]}")
-    for name in ("kq_pre", "kq_post"):
-        if name in kernels:
-            check_kq_kernel(kernels[name], num_heads, name)
-    if "head_pre" in kernels:
-        check_head_kernel(kernels["head_pre"], num_heads, "head_pre", full_3d=True)
-        if jnp.ndim(kernels["head_pre"]) == 5 and "kq_pre" in kernels:
-            raise ValueError("a 5-D head_pre is the full 3-D pre-softmax conv and replaces kq_pre")
-    if "head_post" in kernels:
-        check_head_kernel(kernels["head_post"], num_heads, "head_post")
-    if segment_ids is not None and (
-        tuple(segment_ids.shape) != q.shape[:2] or k.shape[1] != q.shape[1]
-    ):
-        raise ValueError(
-            f"segment_ids must be [B, T] = {list(q.shape[:2])} with S == T, got "
-            f"segment_ids {tuple(segment_ids.shape)}, S={k.shape[1]}"
-        )
+    check_segments(segment_ids, q.shape, k.shape)
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block sizes must be positive, got block_q={block_q}, block_k={block_k}")
+    num_t, num_s = q.shape[1], k.shape[1]
+    plan = _Plan(num_t, num_s, min(block_q, num_t), min(block_k, num_s), spec, tuned)
+    return _attend(plan, q, k, v, kernels, segment_ids)
 
 
 # --- tiles -----------------------------------------------------------------------------------
@@ -190,7 +153,7 @@ def _allowed(plan: _Plan, rows_R, cols_C, seg_BR, seg_BC):
     return (allowed_RC[None] & same_doc_BRC)[:, None]
 
 
-def _conv_valid(x_BCRS, kernel_OIQK, groups: int, seg_BR):
+def _conv_valid(x_BCRS, kernel_OIQK, groups: int, seg_BR, tuned: bool):
     """MTA conv without padding: x [B, C, R + c_q - 1, S + c_k - 1] -> [B, O, R, S] float32.
 
     Output row t reads input rows t .. t + c_q - 1 (its own row is the last); with seg_BR (ids of
@@ -200,13 +163,13 @@ def _conv_valid(x_BCRS, kernel_OIQK, groups: int, seg_BR):
     """
     c_q = kernel_OIQK.shape[2]
     if seg_BR is None or c_q == 1:
-        return grouped_conv_valid(x_BCRS, kernel_OIQK, groups)
+        return grouped_conv_valid(x_BCRS, kernel_OIQK, groups, tuned)
     num_rows = x_BCRS.shape[2] - (c_q - 1)
     out = 0.0
     for a in range(c_q):  # rows t + a of output row t, kept if in its document
         same_doc_BR = seg_BR[:, a : a + num_rows] == seg_BR[:, c_q - 1 :]
         rows_BCRS = jnp.where(same_doc_BR[:, None, :, None], x_BCRS[:, :, a : a + num_rows], 0.0)
-        out = out + grouped_conv_valid(rows_BCRS, kernel_OIQK[:, :, a : a + 1], groups)
+        out = out + grouped_conv_valid(rows_BCRS, kernel_OIQK[:, :, a : a + 1], groups, tuned)
     return out
 
 
@@ -225,12 +188,12 @@ def _pre_tile(plan: _Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC):
     head_pre = kernels.get("head_pre")
     if "kq_pre" in kernels:  # depthwise: h q k -> h 1 q k
         kernel_OIQK = rearrange(kernels["kq_pre"], "h q k -> h 1 q k").astype(jnp.float32)
-        x_BHRC = _conv_valid(x_BHRC, kernel_OIQK, x_BHRC.shape[1], seg_BR)
+        x_BHRC = _conv_valid(x_BHRC, kernel_OIQK, x_BHRC.shape[1], seg_BR, plan.tuned)
     elif head_pre is not None and head_pre.ndim == 5:  # 3-D conv: n i o q k -> (n o) i q k
         kernel_OIQK = rearrange(head_pre, "n i o q k -> (n o) i q k").astype(jnp.float32)
-        x_BHRC = _conv_valid(x_BHRC, kernel_OIQK, head_pre.shape[0], seg_BR)
+        x_BHRC = _conv_valid(x_BHRC, kernel_OIQK, head_pre.shape[0], seg_BR, plan.tuned)
     if head_pre is not None and head_pre.ndim in (2, 3):  # b h r c, (h h | n i o) -> b h r c
-        x_BHRC = mix_heads(x_BHRC, head_pre)
+        x_BHRC = mix_heads(x_BHRC, head_pre, plan.tuned)
     allowed = allowed[..., plan.pre_cq - 1 :, plan.pre_r : allowed.shape[-1] - plan.pre_r]
     return x_BHRC, allowed
 
@@ -250,9 +213,9 @@ def _out_tile(plan: _Plan, kernels, q_BRHD, k_BCKD, v_BCKD, m_BHR, l_BHR, row0, 
     if "kq_post" in kernels:  # post conv on the probabilities (rows of this block only)
         kernel_OIQK = rearrange(kernels["kq_post"], "h q k -> h 1 q k").astype(jnp.float32)
         seg_post = None if seg_BR is None else seg_BR[:, plan.pre_cq - 1 :]
-        p_BHRC = _conv_valid(p_BHRC, kernel_OIQK, p_BHRC.shape[1], seg_post)
+        p_BHRC = _conv_valid(p_BHRC, kernel_OIQK, p_BHRC.shape[1], seg_post, plan.tuned)
     if "head_post" in kernels:  # b (n i) r c, n i o -> b (n o) r c
-        p_BHRC = mix_heads(p_BHRC, kernels["head_post"])
+        p_BHRC = mix_heads(p_BHRC, kernels["head_post"], plan.tuned)
     r = plan.post_r
     allowed = allowed[..., plan.post_cq - 1 :, r : allowed.shape[-1] - r]
     a_BHRC = jnp.where(allowed, p_BHRC, 0.0)  # mask_0 after the post conv

@@ -71,15 +71,38 @@ def causal_mask(
     return (mask_TS[None] & same_doc_BTS)[:, None]
 
 
-def masked_softmax(logits_BHTS: jax.Array, mask: jax.Array) -> jax.Array:
-    """Softmax over keys in float32 with disallowed pairs at exactly 0.
+def tuned_vjp(flag: bool | None) -> bool:
+    """Whether to use the hand-written derivatives (custom JVPs/VJPs) of the tuned paths.
+
+    They were written from and measured on XLA:CPU profiles, so None (auto) means on for the
+    CPU backend only; elsewhere plain autodiff is used. With them off every function here is
+    plain jnp, so forward-mode autodiff (jax.jvp) works too.
+    """
+    return jax.default_backend() == "cpu" if flag is None else bool(flag)
+
+
+def check_segments(segment_ids, q_shape, k_shape) -> None:
+    """Raises ValueError unless segment_ids is None or [B, T] with S == T (documents are
+    defined on the query axis and need every key to be a query)."""
+    if segment_ids is None:
+        return
+    if tuple(segment_ids.shape) != tuple(q_shape[:2]) or k_shape[1] != q_shape[1]:
+        raise ValueError(
+            f"segment_ids must be [B, T] = {list(q_shape[:2])} with S == T, got "
+            f"segment_ids {tuple(segment_ids.shape)}, T={q_shape[1]}, S={k_shape[1]}"
+        )
+
+
+def masked_softmax(logits_BHTS: jax.Array, mask: jax.Array, tuned: bool = False) -> jax.Array:
+    """Softmax over keys in float32 with disallowed pairs at exactly 0: -> [B, H, T, S].
 
     A row with no allowed key (never the case under a causal mask) gives all zeros, not NaN.
+    tuned: differentiate in terms of the probabilities (a custom JVP; see tuned_vjp).
     """
-    return _softmax(logits_BHTS.astype(jnp.float32), mask)
+    logits = logits_BHTS.astype(jnp.float32)
+    return _softmax_saved_probs(logits, mask) if tuned else _softmax(logits, mask)
 
 
-@jax.custom_jvp
 def _softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:
     logits = jnp.where(mask, logits, -jnp.inf)
     row_max = jnp.max(logits, axis=-1, keepdims=True)
@@ -89,11 +112,14 @@ def _softmax(logits: jax.Array, mask: jax.Array) -> jax.Array:
     return exp / jnp.where(denom > 0, denom, 1.0)
 
 
-@_softmax.defjvp
+_softmax_saved_probs = jax.custom_jvp(_softmax)
+
+
+@_softmax_saved_probs.defjvp
 def _softmax_jvp(primals, tangents):
     # in terms of the probabilities (as jax.nn.softmax): the backward then reads the saved
-    # probabilities; autodiff of the lines above recomputed them from the logits inside its
-    # row-sum reduction, which XLA:CPU ran ~2x slower than the whole backward here
+    # probabilities; autodiff of _softmax recomputed them from the logits inside its row-sum
+    # reduction, which XLA:CPU ran slower than the whole backward written this way
     logits, mask = primals
     d_logits = tangents[0]
     probs = _softmax(logits, mask)
@@ -105,8 +131,11 @@ def causal_attention(
     k_BSKD: jax.Array,
     v_BSKD: jax.Array,
     segment_ids: jax.Array | None = None,
+    tuned: bool = False,
 ) -> jax.Array:
-    """Plain causal (optionally document-masked) attention: -> [B, T, H, D]."""
+    """Plain causal (optionally document-masked) attention: -> [B, T, H, D] (v's dtype).
+    tuned: masked_softmax's custom JVP."""
+    check_segments(segment_ids, q_BTHD.shape, k_BSKD.shape)
     logits = attention_logits(q_BTHD, k_BSKD)
     mask = causal_mask(q_BTHD.shape[1], k_BSKD.shape[1], segment_ids)
-    return weight_values(masked_softmax(logits, mask), v_BSKD)
+    return weight_values(masked_softmax(logits, mask, tuned), v_BSKD)

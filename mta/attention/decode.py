@@ -48,7 +48,8 @@ from einops import rearrange
 from mta.attention.conv import grouped_conv_valid, mix_heads
 from mta.attention.core import check_heads, masked_softmax
 from mta.attention.diff import differential_attention
-from mta.attention.mta import check_kernels, multi_token_attention
+from mta.attention.kernels import KernelSpec
+from mta.attention.mta import multi_token_attention
 
 
 class LayerCache(NamedTuple):
@@ -62,20 +63,29 @@ class LayerCache(NamedTuple):
 
 
 def prefill(
-    q, k, v, lengths, max_len: int, kq_pre=None, head_pre=None, kq_post=None, head_post=None
+    q,
+    k,
+    v,
+    lengths,
+    max_len: int,
+    kq_pre=None,
+    head_pre=None,
+    kq_post=None,
+    head_post=None,
+    impl: str = "auto",
 ):
-    """Prompt pass: the dense multi_token_attention plus the filled cache.
+    """Prompt pass: multi_token_attention (with `impl`) plus the filled cache.
 
     q [B, T, H, D], k/v [B, T, K, D]: right-padded prompts, row b's at positions 0..lengths[b]-1
     (lengths [B] ints, 1 <= lengths <= T). Kernels as in multi_token_attention.
     Returns (out [B, T, H, D] (rows past a prompt's length are meaningless), LayerCache with
     max_len >= T positions).
     """
-    check_kernels(q.shape[2], kq_pre, head_pre, kq_post, head_post)
-    out_BTHD = multi_token_attention(q, k, v, kq_pre, head_pre, kq_post, head_post)
+    spec = KernelSpec.of(q.shape[2], kq_pre, head_pre, kq_post, head_post)
+    out_BTHD = multi_token_attention(q, k, v, kq_pre, head_pre, kq_post, head_post, impl=impl)
     lengths_B = jnp.asarray(lengths, jnp.int32)
     k_BKSD, v_BKSD = _pad_to_cache(k, v, lengths_B, max_len)
-    n_pre, n_post = _pre_taps(kq_pre, head_pre) - 1, _post_taps(kq_post) - 1
+    n_pre, n_post = spec.pre_taps[0] - 1, spec.post_taps[0] - 1
     # The last n_pre + n_post zero-masked logit rows: the post window's rows and, before them,
     # the pre-conv rows they read. Positions before 0 give all-zero rows.
     positions_BN = lengths_B[:, None] - (n_pre + n_post) + jnp.arange(n_pre + n_post)
@@ -119,8 +129,8 @@ def attend_step(
     head mixing, mask_-inf + softmax, post conv with the stored probability rows, mixing,
     mask_0, times V. The new key and value enter at slot lengths beside the cached ones.
     """
-    check_kernels(q_B1HD.shape[2], kq_pre, head_pre, kq_post, head_post)
-    _check_windows(cache, _pre_taps(kq_pre, head_pre), _post_taps(kq_post))
+    spec = KernelSpec.of(q_B1HD.shape[2], kq_pre, head_pre, kq_post, head_post)
+    _check_windows(cache, spec.pre_taps[0], spec.post_taps[0])
     mask_B11S, new_B11S = _row_masks(cache)
     x_BH1S = jnp.where(mask_B11S, _new_row_logits(q_B1HD, k_B1KD, cache, new_B11S), 0.0)
     logits_BH1S = _pre_softmax_step(x_BH1S, cache.logit_rows, cache.lengths, kq_pre, head_pre)
@@ -128,7 +138,7 @@ def attend_step(
     weights_BH1S = _post_softmax_step(
         probs_BH1S, cache.prob_rows, cache.lengths, kq_post, head_post
     )
-    if kq_post is not None or head_post is not None:  # mask_0 after the post conv and mixing
+    if spec.post:  # mask_0 after the post conv and mixing
         weights_BH1S = jnp.where(mask_B11S, weights_BH1S, 0.0)
     out_B1HD = _new_row_values(weights_BH1S, v_B1KD, cache, new_B11S)
     logit_row = x_BH1S[:, :, : min(1, cache.logit_rows.shape[2])]  # 0 rows if no window
@@ -200,12 +210,12 @@ def diff_decode_step(q_B1HD, k_B1KD, v_B1KD, cache: LayerCache, lam):
 
 
 def recompute_step(
-    q, k, v, lengths, kq_pre=None, head_pre=None, kq_post=None, head_post=None
+    q, k, v, lengths, kq_pre=None, head_pre=None, kq_post=None, head_post=None, impl="auto"
 ) -> jax.Array:
     """The reference release's decoding, for benchmarks: the full dense T x T attention over
     the whole sequence for every new token. q [B, T, H, D], k/v [B, T, K, D] right-padded,
     lengths [B] -> the output at each row's last position lengths - 1: [B, 1, H, D]."""
-    out_BTHD = multi_token_attention(q, k, v, kq_pre, head_pre, kq_post, head_post)
+    out_BTHD = multi_token_attention(q, k, v, kq_pre, head_pre, kq_post, head_post, impl=impl)
     last_B111 = (jnp.asarray(lengths) - 1)[:, None, None, None]
     return jnp.take_along_axis(out_BTHD, last_B111, axis=1)
 
@@ -354,20 +364,6 @@ def _pad_to_cache(k_BTKD, v_BTKD, lengths_B, max_len: int):
         jnp.pad(rearrange(jnp.where(keep_BT11, x, 0), "b t k d -> b k t d"), pad)
         for x in (k_BTKD, v_BTKD)
     )
-
-
-def _pre_taps(kq_pre, head_pre) -> int:
-    """c_q of the pre-softmax conv (kq_pre or a 3-D head_pre), 1 without one."""
-    if kq_pre is not None:
-        return jnp.shape(kq_pre)[1]
-    if head_pre is not None and jnp.ndim(head_pre) == 5:
-        return jnp.shape(head_pre)[3]
-    return 1
-
-
-def _post_taps(kq_post) -> int:
-    """c_q' of the post-softmax conv, 1 without one."""
-    return 1 if kq_post is None else jnp.shape(kq_post)[1]
 
 
 def _check_windows(cache: LayerCache, c_pre: int, c_post: int) -> None:

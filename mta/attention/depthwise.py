@@ -1,4 +1,5 @@
-"""Depthwise 2-D cross-correlation over (queries, keys) as shifted multiply-adds, custom VJP.
+"""Depthwise 2-D cross-correlation over (queries, keys) as shifted multiply-adds, custom VJP
+(the tuned XLA:CPU form; see core.tuned_vjp).
 
     out[b, h, i, j] = sum_{a < c_q, c < c_k} kernel[h, a, c] * x[b, h, i + a, j + c]
 

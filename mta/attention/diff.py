@@ -16,7 +16,13 @@ import jax
 import jax.numpy as jnp
 from einops import rearrange
 
-from mta.attention.core import attention_logits, causal_mask, masked_softmax, weight_values
+from mta.attention.core import (
+    attention_logits,
+    causal_mask,
+    check_segments,
+    masked_softmax,
+    weight_values,
+)
 
 
 def differential_attention(
@@ -25,10 +31,12 @@ def differential_attention(
     v: jax.Array,
     lam: jax.Array | float,
     segment_ids: jax.Array | None = None,
+    tuned: bool = False,
 ) -> jax.Array:
     """q [B,T,2H',D], k [B,S,2K',D], v [B,S,K',2D], lam scalar or [H'] -> [B,T,H',2D] (v's dtype).
 
     segment_ids [B, T] (S == T) keeps attention inside documents, as in causal_attention.
+    tuned: masked_softmax's custom JVP (core.tuned_vjp).
     """
     if q.shape[2] % 2 or k.shape[2] % 2 or k.shape[2] // 2 != v.shape[2]:
         raise ValueError(
@@ -37,9 +45,10 @@ def differential_attention(
         )
     q1_BTHD, q2_BTHD = rearrange(q, "b t (h two) d -> two b t h d", two=2)
     k1_BSKD, k2_BSKD = rearrange(k, "b s (k two) d -> two b s k d", two=2)
+    check_segments(segment_ids, q.shape, k.shape)
     mask = causal_mask(q.shape[1], k.shape[1], segment_ids)
-    probs1_BHTS = masked_softmax(attention_logits(q1_BTHD, k1_BSKD), mask)
-    probs2_BHTS = masked_softmax(attention_logits(q2_BTHD, k2_BSKD), mask)
+    probs1_BHTS = masked_softmax(attention_logits(q1_BTHD, k1_BSKD), mask, tuned)
+    probs2_BHTS = masked_softmax(attention_logits(q2_BTHD, k2_BSKD), mask, tuned)
     lam_1H11 = jnp.broadcast_to(jnp.asarray(lam, jnp.float32), (q1_BTHD.shape[2],))[:, None, None]
     # (p1 - lambda p2) v == p1 v - lambda p2 v: b h t s, b s k (2d) -> b t h (2d)
     return weight_values(probs1_BHTS - lam_1H11 * probs2_BHTS, v)

@@ -25,8 +25,8 @@ convolution path of conv.py. Outputs at masked (i, j) are left unspecified: the 
 import jax
 import jax.numpy as jnp
 
-from mta.attention.conv import check_kq_kernel
 from mta.attention.core import check_heads
+from mta.attention.kernels import kq_taps
 
 
 def conv_logits(
@@ -39,7 +39,7 @@ def conv_logits(
     num_cols >= S (default S) widens the map, its columns from S on are unspecified.
     """
     num_heads = q_BTHD.shape[2]
-    check_kq_kernel(kernel_HQK, num_heads, "kernel_HQK")
+    kq_taps(kernel_HQK, num_heads, "kernel_HQK")
     group = check_heads(num_heads, k_BSKD.shape[2])
     c_q, c_k = kernel_HQK.shape[1:]
     r = (c_k - 1) // 2

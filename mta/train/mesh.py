@@ -8,8 +8,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mta.config import ConfigError, MeshConfig
-from mta.model import head_mixing
-from mta.parallel import head_split
+from mta.resolve import resolve_model
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both
@@ -92,21 +91,11 @@ def check_batch(cfg) -> None:
 
 def tensor_parallel_plan(cfg) -> str:
     """How attention uses the `tensor` axis, in words; ConfigError for a layout that cannot be
-    exact (see mta/parallel.py)."""
-    m, a = cfg.model, cfg.model.attention
+    exact (see mta/parallel.py and mta/resolve.py, which decides it per layer)."""
     tensor = mesh_shape(cfg.mesh, jax.device_count())[2]
-    num_kv_heads = m.num_kv_heads or m.num_heads
-    mixing = (
-        ()
-        if a.kind == "diff"
-        else head_mixing(a.head_pre, a.head_post, a.head_group_size or m.num_heads)
-    )
-    try:
-        split = head_split(m.num_heads, num_kv_heads, tensor, mixing)
-    except ValueError as err:
-        raise ConfigError(f"mesh.tensor: {err}") from None
+    layers = resolve_model(cfg.model, tensor).layers
     if tensor == 1:
         return "one tensor shard: all heads on every device"
-    if split:
+    if all(layer.split_heads for layer in layers):
         return f"heads split over {tensor} tensor shards (shard_map)"
     return f"all heads on each of {tensor} tensor shards (linear head_pre mixes all heads)"

@@ -7,13 +7,16 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from mta.config import Config
 from mta.model import Transformer
+from mta.resolve import resolve_model
 from mta.train.mesh import param_shardings
 from mta.train.optimizer import make_optimizer, make_schedule
 
 
-def abstract_model(cfg: Config) -> tuple[nnx.GraphDef, nnx.State]:
-    """The model's graphdef and abstract state (shapes and metadata, no memory)."""
-    model = nnx.eval_shape(lambda: Transformer(cfg.model, nnx.Rngs(cfg.train.seed)))
+def abstract_model(cfg: Config, tensor: int = 1) -> tuple[nnx.GraphDef, nnx.State]:
+    """The model's graphdef and abstract state (shapes and metadata, no memory), for a mesh
+    with `tensor` devices on its tensor axis."""
+    settings = resolve_model(cfg.model, tensor)
+    model = nnx.eval_shape(lambda: Transformer(settings, nnx.Rngs(cfg.train.seed)))
     return nnx.split(model)
 
 
@@ -40,12 +43,11 @@ class TrainSetup:
 
     def __init__(self, cfg: Config, mesh: Mesh):
         self.cfg, self.mesh = cfg, mesh
-        self.graphdef, abstract = abstract_model(cfg)
+        self.model_settings = resolve_model(cfg.model, dict(mesh.shape).get("tensor", 1))
+        self.graphdef, abstract = abstract_model(cfg, dict(mesh.shape).get("tensor", 1))
         abstract_params = abstract.to_pure_dict()
         self.schedule = make_schedule(cfg.train)
-        self.optimizer = make_optimizer(
-            cfg.train, abstract_params, cfg.model.attention.decay_mta_params
-        )
+        self.optimizer = make_optimizer(cfg.train, abstract)
         params_sh = param_shardings(abstract, mesh, cfg.mesh.rules)
         opt_abstract = jax.eval_shape(self.optimizer.init, abstract_params)
         self.shardings = {
@@ -56,7 +58,7 @@ class TrainSetup:
         }
 
     def _fresh_state(self) -> dict:
-        model = Transformer(self.cfg.model, nnx.Rngs(self.cfg.train.seed))
+        model = Transformer(self.model_settings, nnx.Rngs(self.cfg.train.seed))
         params = nnx.state(model).to_pure_dict()
         return {
             "params": params,

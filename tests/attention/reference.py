@@ -190,7 +190,7 @@ def _causal(q, k, v):
 def multi_token_attention(
     q, k, v, kq_pre=None, head_pre=None, kq_post=None, head_post=None, segment_ids=None
 ):
-    """docs/mta.md sections 1-2 step by step -> [B,T,H,D] float64. A 5-D head_pre is the 3-D conv."""
+    """docs/mta.md sections 1-2 step by step -> [B,T,H,D] float64 (5-D head_pre: the 3-D conv)."""
     q, k, v, kq_pre, head_pre, kq_post, head_post = _f64(
         q, k, v, kq_pre, head_pre, kq_post, head_post
     )

@@ -1,6 +1,7 @@
-"""The blockwise MTA path against the dense one: forward, gradients (q, k, v, every kernel), memory.
+"""The blockwise MTA impl against the reference: forward, gradients (q, k, v, every kernel), memory.
 
-Compiling dominates (one compile per combination: blockwise out + VJP, dense out + VJP), so COMBOS
+Compiling dominates (one compile per combination: blockwise out + VJP with tuned and with plain
+derivatives inside the tiles, reference out + VJP), so COMBOS
 is a covering set: pre only / post only / both / neither, linear / grouped / 3-D pre mixing,
 grouped post mixing, MHA / GQA / MQA, c_q in {1, 2, 3}, c_k in {3, 5, 9}, block sizes that do and
 do not divide T (and halos wider than a block), packed documents, S > T.
@@ -14,9 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mta.attention import KernelSpec, choose_impl
 from mta.attention import mta as mta_module
 from mta.attention.blockwise import multi_token_attention_blockwise
 from mta.attention.mta import multi_token_attention
+from mta.attention.reference import multi_token_attention_reference
 
 from .kernels import random_kernels
 
@@ -115,30 +118,33 @@ def _out_and_grads(attend, args, segment_ids, cotangent):
 
 
 @partial(jax.jit, static_argnames="blocks")
-def blockwise_and_dense(args, segment_ids, cotangent, blocks):
-    """(out, grads) of the blockwise path with blocks = (block_q, block_k), and of the dense one."""
+def blockwise_and_reference(args, segment_ids, cotangent, blocks):
+    """(out, grads) of the blockwise impl with blocks = (block_q, block_k), tuned and plain
+    derivatives in its tiles, and (out, grads) of the reference impl."""
 
-    def blockwise(**a):
-        return multi_token_attention_blockwise(**a, block_q=blocks[0], block_k=blocks[1])
+    def blockwise(tuned):
+        def attend(**a):
+            return multi_token_attention_blockwise(
+                **a, block_q=blocks[0], block_k=blocks[1], tuned=tuned
+            )
 
-    return (
-        _out_and_grads(blockwise, args, segment_ids, cotangent),
-        _out_and_grads(multi_token_attention, args, segment_ids, cotangent),
-    )
+        return _out_and_grads(attend, args, segment_ids, cotangent)
+
+    reference = _out_and_grads(multi_token_attention_reference, args, segment_ids, cotangent)
+    return [blockwise(True), blockwise(False)], reference
 
 
 @pytest.mark.parametrize("combo", COMBOS, ids=str)
-def test_blockwise_equals_dense(combo):
+def test_blockwise_equals_reference(combo):
     q, k, v, kernels, segment_ids, cotangent = _inputs(combo)
     args = {"q": q, "k": k, "v": v, **kernels}
-    (out, grads), (want, want_grads) = blockwise_and_dense(
-        args, segment_ids, cotangent, combo.blocks
-    )
-    np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
-    for name in args:
-        np.testing.assert_allclose(
-            grads[name], want_grads[name], rtol=RTOL, atol=ATOL, err_msg=name
-        )
+    impls, (want, want_grads) = blockwise_and_reference(args, segment_ids, cotangent, combo.blocks)
+    for out, grads in impls:
+        np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
+        for name in args:
+            np.testing.assert_allclose(
+                grads[name], want_grads[name], rtol=RTOL, atol=ATOL, err_msg=name
+            )
 
 
 @pytest.mark.parametrize("combo", COMBOS, ids=str)
@@ -156,7 +162,8 @@ def test_causal_and_document_local_through_gradients(combo):
         inside_BT[b, lo:hi] = True
     cotangent = np.where(inside_BT[:, :, None, None], cotangent, 0.0).astype(np.float32)
     args = {"q": q, "k": k, "v": v, **kernels}
-    (_, grads), _ = blockwise_and_dense(args, segment_ids, cotangent, combo.blocks)
+    impls, _ = blockwise_and_reference(args, segment_ids, cotangent, combo.blocks)
+    grads = impls[0][1]
     # query i sits at key position i + S - T; keys before the first query are never outside
     inside_BS = np.pad(inside_BT, ((0, 0), (num_s - num_t, 0)), constant_values=not combo.docs)
     for name, inside in (("q", inside_BT), ("k", inside_BS), ("v", inside_BS)):
@@ -166,21 +173,24 @@ def test_causal_and_document_local_through_gradients(combo):
 
 
 def test_impl_switch_dispatches(monkeypatch):
-    """impl="blockwise" always, impl="auto" from AUTO_BLOCKWISE_MIN_KEYS keys on."""
+    """Each impl reaches its function; auto takes dense on CPU, reference on other backends, and
+    blockwise once one layer's dense maps exceed its share of device memory."""
     calls = []
+    for name in ("reference", "dense", "blockwise"):
+        fake = partial(lambda name, q, *args, **kwargs: calls.append(name) or q, name)
+        monkeypatch.setattr(mta_module, f"multi_token_attention_{name}", fake)
+    q, kv = jnp.zeros((1, 5, 2, 2)), jnp.zeros((1, 5, 1, 2))
+    for impl in ("reference", "dense", "blockwise", "auto"):
+        multi_token_attention(q, kv, kv, impl=impl)
+    assert calls == ["reference", "dense", "blockwise", "dense"]  # the tests run on CPU
 
-    def fake(q, k, v, **kwargs):
-        calls.append(k.shape[1])
-        return q
-
-    monkeypatch.setattr(mta_module, "multi_token_attention_blockwise", fake)
-    monkeypatch.setattr(mta_module, "AUTO_BLOCKWISE_MIN_KEYS", 6)
-    q = jnp.zeros((1, 5, 2, 2))
-    kv_short, kv_long = jnp.zeros((1, 5, 1, 2)), jnp.zeros((1, 6, 1, 2))
-    multi_token_attention(q, kv_short, kv_short, impl="blockwise")
-    multi_token_attention(q, kv_short, kv_short, impl="auto")  # dense: not recorded
-    multi_token_attention(q, kv_long, kv_long, impl="auto")
-    assert calls == [5, 6]
+    spec = KernelSpec.of(8, kq_pre=jnp.ones((8, 6, 11)), kq_post=jnp.ones((8, 6, 11)))
+    short, long = (1, 1024, 8, 64), (1, 131072, 8, 64)
+    assert choose_impl(spec, short, short, backend="cpu") == "dense"
+    assert choose_impl(spec, short, short, backend="gpu") == "reference"
+    assert choose_impl(spec, long, long, backend="gpu") == "blockwise"  # 2.2 PB of maps
+    monkeypatch.setattr(mta_module, "device_memory_bytes", lambda: 10**6)
+    assert choose_impl(spec, short, short, backend="cpu") == "blockwise"
 
 
 @pytest.mark.parametrize(

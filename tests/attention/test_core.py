@@ -69,7 +69,8 @@ def test_masked_softmax_empty_row_is_zero_not_nan():
     np.testing.assert_array_equal(probs[:, :, 0], 0.0)
 
 
-def test_masked_softmax_jacobian_matches_float64():
+@pytest.mark.parametrize("tuned", [False, True])
+def test_masked_softmax_jacobian_matches_float64(tuned):
     """d probs / d q through the logits, against float64: d p_ij / d l_im = p_ij (delta_jm - p_im)
     within a row, 0 at masked keys and for the empty row. Computed the way the gradient tests
     do (vmap of the VJP under jit, logits made inside so XLA fuses their producer: one backward
@@ -81,7 +82,7 @@ def test_masked_softmax_jacobian_matches_float64():
     mask = core.causal_mask(8, 8).at[..., 0, :].set(False)  # row 0 empty
 
     def probs_of(q):
-        return core.masked_softmax(core.attention_logits(q, k), mask)
+        return core.masked_softmax(core.attention_logits(q, k), mask, tuned)
 
     @jax.jit
     def jacobian(q):

@@ -1,4 +1,5 @@
-"""multi_token_attention and the conv helpers against the float64 numpy loops of reference.py.
+"""The reference impl and the conv helpers against the float64 numpy loops of reference.py, and
+every other dense impl (tuned and plain derivatives) against the reference impl.
 
 Compiling dominates the run time (output + Jacobian are compiled once per combination and shared
 by the tests), so COMBOS is a covering set rather than a full product: pre/post key-query conv,
@@ -7,6 +8,7 @@ c_k in {1, 3, 5, 9}, c_h in {1, 2, H}, packed documents, S > T.
 """
 
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +29,7 @@ from . import reference as ref
 RTOL, ATOL = 2e-5, 2e-6
 # Compiled once per combination. Different fusions or shapes round float32 differently (an ulp or
 # so), which is why "exactly equal" tests below use tolerances near float32 epsilon.
-mta_jit = jax.jit(multi_token_attention, static_argnames="impl")
+mta_jit = jax.jit(partial(multi_token_attention, impl="reference"))
 causal_jit = jax.jit(causal_attention)
 
 
@@ -166,7 +168,7 @@ def output_and_jacobian(q, k, v, kernels, segment_ids):
     """MTA output and d out / d (q, k, v) ([*out.shape, *input.shape] each), in one compile."""
 
     def attend(q, k, v):
-        return multi_token_attention(q, k, v, segment_ids=segment_ids, **kernels)
+        return multi_token_attention(q, k, v, segment_ids=segment_ids, **kernels, impl="reference")
 
     out, vjp = jax.vjp(attend, q, k, v)
     basis = jnp.eye(out.size, dtype=out.dtype).reshape(out.size, *out.shape)
@@ -213,6 +215,36 @@ def test_causal_and_document_local_through_gradients(combo):
                 assert np.all(influence[b, :, b2][~allowed] == 0.0), (name, b, b2)
             if name == "v":  # and every allowed value position does contribute
                 assert np.all(influence[b, :, b][allowed_BTX[b]] > 0.0)
+
+
+@jax.jit
+def dense_and_reference(args, segment_ids, cotangent):
+    """(out, VJP of <cotangent, out> w.r.t. every array in args) of the dense impl with tuned
+    derivatives, with plain autodiff, and of the reference impl."""
+
+    def out_and_grads(impl, tuned):
+        def attend(a):
+            return multi_token_attention(**a, segment_ids=segment_ids, impl=impl, tuned=tuned)
+
+        out, vjp = jax.vjp(attend, args)
+        return out, vjp(cotangent)[0]
+
+    return [out_and_grads("dense", True), out_and_grads("dense", False)], out_and_grads(
+        "reference", False
+    )
+
+
+@pytest.mark.parametrize("combo", COMBOS, ids=str)
+def test_dense_impl_equals_reference(combo):
+    """Forward and gradients (q, k, v, every kernel), tuned and plain derivatives."""
+    q, k, v, kernels, segment_ids = _inputs(combo, seed=12)
+    cotangent = np.random.default_rng(13).normal(size=q.shape).astype(np.float32)
+    args = {"q": q, "k": k, "v": v, **kernels}
+    impls, (want, want_grads) = dense_and_reference(args, segment_ids, cotangent)
+    for out, grads in impls:
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+        for name in args:
+            np.testing.assert_allclose(grads[name], want_grads[name], rtol=1e-4, atol=1e-4)
 
 
 def _allowed(batch, num_t, num_s, segment_ids):
@@ -304,7 +336,7 @@ def test_gradients_match_numpy_finite_differences(combo):
     cotangent = rng.normal(size=(1, combo.num_t, combo.heads, combo.dim))
 
     def loss(a):
-        out = multi_token_attention(segment_ids=segment_ids, **a)
+        out = multi_token_attention(segment_ids=segment_ids, **a, impl="reference")
         return jnp.sum(out * cotangent)
 
     grads = jax.jit(jax.grad(loss))(args)

@@ -11,6 +11,7 @@ from flax import nnx
 from mta.config import ConfigError, load_config
 from mta.data import pipeline
 from mta.model import Transformer
+from mta.resolve import resolve_model
 
 SEQ = 48
 
@@ -120,7 +121,7 @@ def test_packed_rows_give_the_same_per_token_loss_as_documents_alone(text):
             "model.attention.kernel_init=uniform",
         ],
     ).model
-    model = Transformer(model_cfg, nnx.Rngs(0))
+    model = Transformer(resolve_model(model_cfg), nnx.Rngs(0))
 
     def token_loss(inputs, targets, positions=None, segment_ids=None):
         logits = model(jnp.asarray(inputs), positions, segment_ids)

@@ -15,7 +15,8 @@ from flax import nnx
 from mta.attention import decode as cached
 from mta.config import load_config
 from mta.eval.generate import Generator, sample_tokens
-from mta.model import DIFF_PARAM_NAMES, MTA_PARAM_NAMES, Transformer
+from mta.model import Transformer
+from mta.resolve import resolve_model
 
 MAX_REL_ERR = 1e-5
 LENGTHS = np.array([3, 6, 1])  # prompt length per row
@@ -62,14 +63,14 @@ def _model(*overrides, seed=0):
     far from their identity init, norm weights near 1. Built abstractly and filled from numpy,
     which skips compiling the initialisers for every new shape."""
     cfg = load_config(None, TINY + list(overrides)).model
-    model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: Transformer(resolve_model(cfg), nnx.Rngs(0)))
     rng = np.random.default_rng(seed)
 
     def draw(path, x):
         name = path[-2].key  # the parameter's name (the path ends with its .value)
         if name in ("weight", "out_norm", "head_norm"):
             return jnp.asarray(1.0 + 0.3 * rng.normal(size=x.shape), jnp.float32)
-        scale = 0.3 if name in MTA_PARAM_NAMES + DIFF_PARAM_NAMES else 0.2
+        scale = 0.2 if name in ("embed", "wq", "wk", "wv", "wo", "gate", "up", "down") else 0.3
         return jnp.asarray(scale * rng.normal(size=x.shape), jnp.float32)
 
     nnx.update(model, jax.tree_util.tree_map_with_path(draw, nnx.state(model)))
@@ -101,7 +102,7 @@ def test_prefill_and_decode_give_forward_logits(variant):
         logits_B1V, updates = decode(state, tokens_BN[rows, pos_B][:, None], caches)
         caches = commit(caches, updates)
         got_BNV[rows, pos_B] = logits_B1V[:, 0]
-    assert len(caches) == model.cfg.num_layers
+    assert len(caches) == model.settings.num_layers
     for b, length in enumerate(LENGTHS):
         end = length + NUM_STEPS
         err = np.abs(got_BNV[b, :end] - want_BNV[b, :end]).max() / np.abs(want_BNV[b, :end]).max()

@@ -8,6 +8,7 @@ from flax import nnx
 
 from mta.config import load_config
 from mta.model import Transformer, apply_rope, count_params, project, rms_norm
+from mta.resolve import resolve_model
 
 
 def test_rms_norm_matches_numpy():
@@ -17,10 +18,11 @@ def test_rms_norm_matches_numpy():
     np.testing.assert_allclose(rms_norm(jnp.asarray(x, jnp.float32), w, 1e-5), expected, rtol=1e-5)
 
 
+@pytest.mark.parametrize("tuned", [True, False])
 @pytest.mark.parametrize(
     "x_shape, w_shape, num_in", [((2, 3, 4), (4, 2, 5), 1), ((2, 3, 2, 5), (2, 5, 4), 2)]
 )
-def test_project_and_its_gradients_match_float64_loops(x_shape, w_shape, num_in):
+def test_project_and_its_gradients_match_float64_loops(x_shape, w_shape, num_in, tuned):
     rng = np.random.default_rng(0)
     x, w = rng.normal(size=x_shape), rng.normal(size=w_shape)
     batch_shape, in_shape, out_shape = x_shape[:-num_in], w_shape[:num_in], w_shape[num_in:]
@@ -33,7 +35,7 @@ def test_project_and_its_gradients_match_float64_loops(x_shape, w_shape, num_in)
                 dx[b + i] += g[b + o] * w[i + o]
                 dw[i + o] += x[b + i] * g[b + o]
     x32, w32 = jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32)
-    got, vjp = jax.vjp(lambda x, w: project(x, w, num_in), x32, w32)
+    got, vjp = jax.vjp(lambda x, w: project(x, w, num_in, tuned), x32, w32)
     got_dx, got_dw = jax.jit(vjp)(jnp.asarray(g, jnp.float32))
     np.testing.assert_allclose(got, out, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got_dx, dx, rtol=1e-5, atol=1e-5)
@@ -85,7 +87,7 @@ def test_parameter_count_formula():
             "model.tie_embeddings=false",
         ],
     ).model
-    model = nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0)))
+    model = nnx.eval_shape(lambda: Transformer(resolve_model(cfg), nnx.Rngs(0)))
     d, hd, kv = 48, 12, 2
     attn = d * d * 2 + 2 * d * kv * hd
     per_layer = attn + 3 * d * 80 + 2 * d
@@ -125,7 +127,7 @@ VARIANTS = {
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_model_is_causal_through_gradients(tiny_config, variant):
     cfg = tiny_config(*VARIANTS[variant]).model
-    model = Transformer(cfg, nnx.Rngs(0))
+    model = Transformer(resolve_model(cfg), nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (2, 7, cfg.dim))
     # d (sum of logits at i) / d (embedding at j): [B, T_out, B, T_in, E]
     jac = np.asarray(jax.jacrev(lambda x: model.from_embeddings(x).sum(-1))(x))
@@ -136,8 +138,10 @@ def test_model_is_causal_through_gradients(tiny_config, variant):
 
 def test_bfloat16_compute_runs_and_stays_close(tiny_config):
     tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 259)
-    out32 = Transformer(tiny_config().model, nnx.Rngs(0))(tokens)
-    out16 = Transformer(tiny_config("model.compute_dtype=bfloat16").model, nnx.Rngs(0))(tokens)
+    out32 = Transformer(resolve_model(tiny_config().model), nnx.Rngs(0))(tokens)
+    out16 = Transformer(
+        resolve_model(tiny_config("model.compute_dtype=bfloat16").model), nnx.Rngs(0)
+    )(tokens)
     assert out16.dtype == jnp.float32
     np.testing.assert_allclose(out16, out32, atol=0.05)
 
@@ -152,8 +156,8 @@ def test_identity_initialised_mta_model_equals_baseline(tiny_config):
         "model.attention.head_post=grouped",
         "model.attention.head_group_size=2",
     ]
-    baseline = Transformer(tiny_config("model.num_heads=4").model, nnx.Rngs(0))
-    model = Transformer(tiny_config(*mta).model, nnx.Rngs(0))
+    baseline = Transformer(resolve_model(tiny_config("model.num_heads=4").model), nnx.Rngs(0))
+    model = Transformer(resolve_model(tiny_config(*mta).model), nnx.Rngs(0))
     assert count_params(nnx.state(model)) > count_params(nnx.state(baseline))
     tokens = jax.random.randint(jax.random.key(0), (2, 11), 0, 259)
     np.testing.assert_allclose(model(tokens), baseline(tokens), rtol=1e-5, atol=1e-5)
@@ -162,7 +166,7 @@ def test_identity_initialised_mta_model_equals_baseline(tiny_config):
 def test_attention_maps_are_the_maps_the_model_attends_with(tiny_config):
     from mta.attention.core import weight_values
 
-    model = Transformer(tiny_config(*VARIANTS["mta_full"]).model, nnx.Rngs(0))
+    model = Transformer(resolve_model(tiny_config(*VARIANTS["mta_full"]).model), nnx.Rngs(0))
     tokens = jax.random.randint(jax.random.key(0), (2, 9), 0, 259)
     maps = model.attention_maps(tokens)
     assert len(maps) == len(model.blocks) and maps[0].shape == (2, 4, 9, 9)
@@ -175,3 +179,26 @@ def test_attention_maps_are_the_maps_the_model_attends_with(tiny_config):
         via_map = block.attn._output(weight_values(map_BHTS, v))
         np.testing.assert_allclose(via_map, block.attn(normed, positions), rtol=1e-5, atol=1e-6)
         x_BTE = block(x_BTE, positions)
+
+
+@pytest.mark.parametrize("impl", ["reference", "dense"])
+def test_forward_mode_through_the_model_without_tuned_derivatives(tiny_config, impl):
+    """With model.tuned_vjp=disabled the model is plain autodiff: jax.jvp works, and the directional
+    derivative it gives equals the one from reverse mode, <c, J u> == <J^T c, u>. With the tuned
+    derivatives on (the CPU default) forward mode is not defined."""
+    overrides = [*VARIANTS["mta_full"], f"model.attention.impl={impl}"]
+    cfg = tiny_config(*overrides, "model.tuned_vjp=disabled").model
+    model = Transformer(resolve_model(cfg), nnx.Rngs(0))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 7, cfg.dim)), jnp.float32)
+    u = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+    c = jnp.asarray(rng.normal(size=(2, 7, cfg.vocab_size)), jnp.float32)
+    logits, jvp_out = jax.jit(lambda x, u: jax.jvp(model.from_embeddings, (x,), (u,)))(x, u)
+    _, vjp = jax.vjp(model.from_embeddings, x)
+    np.testing.assert_allclose(jnp.vdot(c, jvp_out), jnp.vdot(vjp(c)[0], u), rtol=1e-4)
+    assert np.isfinite(logits).all()
+    tuned = Transformer(
+        resolve_model(tiny_config(*overrides, "model.tuned_vjp=enabled").model), nnx.Rngs(0)
+    )
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(tuned.from_embeddings, (x,), (u,))

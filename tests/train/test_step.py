@@ -9,6 +9,7 @@ from flax import nnx
 
 from mta.config import load_config
 from mta.model import Transformer
+from mta.resolve import resolve_model
 from mta.train.step import gradients
 
 BASE = [
@@ -24,7 +25,7 @@ BASE = [
 
 def setup(remat, T=12, B=8):
     cfg = load_config(None, BASE + [f"model.remat={remat}"]).model
-    graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+    graphdef, params = nnx.split(Transformer(resolve_model(cfg), nnx.Rngs(0)))
     tokens = jax.random.randint(jax.random.key(0), (B, T), 0, 259)
     weights = (jax.random.uniform(jax.random.key(1), (B, T)) > 0.3).astype(jnp.float32)
     batch = {"inputs": tokens, "targets": jnp.roll(tokens, -1, 1), "weights": weights}
