@@ -1,9 +1,11 @@
-"""The documentation stays true: docs/configs.md matches mta/config.py, and every relative link in
-README.md and docs/*.md points to a file that exists."""
+"""The documentation stays true: docs/configs.md matches mta/config.py, every relative link in
+README.md and docs/*.md points to a file that exists, and no tracked file refers to anything
+outside the repository."""
 
 import dataclasses
 import importlib.util
 import re
+import subprocess
 import typing
 from pathlib import Path
 
@@ -112,3 +114,68 @@ def test_relative_links_point_to_existing_files(document):
         if not (document.parent / target).exists()
     ]
     assert not broken, f"{document.relative_to(ROOT)} links to missing files: {broken}"
+
+
+# Tracked files checked for references outside the repository: by suffix, plus these names.
+SCANNED_SUFFIXES = (".py", ".md", ".yaml", ".yml", ".ipynb", ".toml", ".cfg", ".txt", ".sh")
+SCANNED_NAMES = ("Makefile", ".ci/run")
+OUTSIDE = re.compile(r"\.\./shared|MTA_SPEC|DESIGN\.md")
+
+
+def outside_references(path: str, text: str) -> list[str]:
+    """What in `text` (the file `path`, relative to the repository root) refers outside the
+    repository: any mention of ../shared, MTA_SPEC or DESIGN.md, and in a markdown file any
+    relative link whose target resolves above the repository root. One 'path:line: what' each."""
+    found = [
+        f"{path}:{text.count(chr(10), 0, m.start()) + 1}: {m.group(0)}"
+        for m in OUTSIDE.finditer(text)
+    ]
+    if path.endswith(".md"):
+        depth = len(Path(path).parts) - 1  # directories between the file and the root
+        for target in relative_links(text):
+            parts = [p for p in Path(target).parts if p not in ("", ".")]
+            level = depth
+            for part in parts:
+                level += -1 if part == ".." else 1
+                if level < 0 or Path(target).is_absolute():
+                    found.append(f"{path}: link to {target}, outside the repository")
+                    break
+    return found
+
+
+def tracked_text_files() -> list[str]:
+    """The tracked files scanned by test_nothing_refers_outside_the_repository."""
+    listed = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    return [p for p in listed if p.endswith(SCANNED_SUFFIXES) or p in SCANNED_NAMES]
+
+
+def test_outside_references_are_found():
+    assert outside_references("README.md", "intro\nThe math is in `../shared/MTA_SPEC.md`.") == [
+        "README.md:2: ../shared",
+        "README.md:2: MTA_SPEC",
+    ]
+    assert outside_references("mta/x.py", '"""See DESIGN.md."""') == ["mta/x.py:1: DESIGN.md"]
+    assert outside_references("docs/a.md", "[up](../README.md) [in](mta.md)") == []
+    assert outside_references("docs/a.md", "[out](../../notes.md)") == [
+        "docs/a.md: link to ../../notes.md, outside the repository"
+    ]
+    assert outside_references("README.md", "[out](docs/../../x.md) [abs](/etc/x.md)") == [
+        "README.md: link to docs/../../x.md, outside the repository",
+        "README.md: link to /etc/x.md, outside the repository",
+    ]
+    # an NFS path or a word that merely contains "shared" is fine
+    assert outside_references("docs/s.md", "--workdir /nfs/runs/x, shared file system") == []
+
+
+def test_nothing_refers_outside_the_repository():
+    files = tracked_text_files()
+    assert "README.md" in files and "Makefile" in files and "tests/test_docs.py" in files
+    found = [
+        hit
+        for path in files
+        if path != "tests/test_docs.py"  # this file names the patterns it looks for
+        for hit in outside_references(path, (ROOT / path).read_text(errors="replace"))
+    ]
+    assert not found, "references outside the repository:\n" + "\n".join(found)
