@@ -9,7 +9,6 @@ Every parameter carries `logical_axes` metadata (one name or None per dimension)
 training code maps to mesh axes, and `weight_decay` metadata (whether AdamW decays it).
 """
 
-import functools
 import math
 
 import jax
@@ -27,79 +26,13 @@ from mta.attention import (
     tuned_vjp,
 )
 from mta.attention import decode as cached
+from mta.layers import RMSNorm, apply_rope, param, project, rms_norm
 from mta.parallel import constrain_batch, over_heads
 from mta.settings import AttentionSettings, ModelSettings
 
 
-def param(value: jax.Array, axes: tuple, decay: bool = True) -> nnx.Param:
-    """A parameter with its logical axes and whether weight decay applies to it."""
-    return nnx.Param(value, logical_axes=axes, weight_decay=decay)
-
-
 def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float) -> jax.Array:
     return std * jax.random.normal(rngs.params(), shape, jnp.float32)
-
-
-def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
-    """RMSNorm over the last axis in float32: [..., D] -> [..., D] in x's dtype."""
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
-    return (normed * weight).astype(x.dtype)
-
-
-def project(x: jax.Array, w: jax.Array, num_in: int = 1, tuned: bool = False) -> jax.Array:
-    """A projection: x [*batch, *w.shape[:num_in]] contracted with w -> [*batch,
-    *w.shape[num_in:]] (e.g. [B, T, E] x [E, H, D] -> [B, T, H, D] with num_in=1).
-
-    tuned: a written-out VJP whose weight gradient is one contraction over the batch axes
-    (from autodiff's, XLA:CPU wrote the cotangents transposed before the weight products)."""
-    if tuned:
-        return _project_vjp(x, w, num_in)
-    return jnp.tensordot(x, w, axes=num_in)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _project_vjp(x, w, num_in):
-    return jnp.tensordot(x, w, axes=num_in)
-
-
-def _project_fwd(x, w, num_in):
-    return _project_vjp(x, w, num_in), (x, w)
-
-
-def _project_bwd(num_in, residuals, g):
-    x, w = residuals
-    num_batch = x.ndim - num_in
-    dx = jnp.tensordot(g, w, axes=(tuple(range(num_batch, g.ndim)), tuple(range(num_in, w.ndim))))
-    dw = jnp.tensordot(x, g, axes=(tuple(range(num_batch)),) * 2)
-    return dx, dw
-
-
-_project_vjp.defvjp(_project_fwd, _project_bwd)
-
-
-class RMSNorm(nnx.Module):
-    def __init__(self, dim: int, eps: float):
-        self.weight = param(jnp.ones((dim,), jnp.float32), ("norm",))
-        self.eps = eps
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        return rms_norm(x, self.weight[...], self.eps)
-
-
-def apply_rope(x_BTHD: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding (Llama's rotate-half layout) on [B, T, H, D], D even."""
-    half = x_BTHD.shape[-1] // 2
-    inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angles_BTF = positions_BT[..., None].astype(jnp.float32) * inv_freq
-    cos, sin = jnp.cos(angles_BTF), jnp.sin(angles_BTF)
-    # [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin] as x * [cos, cos] + [x2, x1] * [-sin, sin]:
-    # swapping the halves is a reversal of a [2, D/2] view, which fuses (no concatenation of x)
-    cos_BT1D = jnp.concatenate([cos, cos], axis=-1)[:, :, None]
-    sin_BT1D = jnp.concatenate([-sin, sin], axis=-1)[:, :, None]
-    x = x_BTHD.astype(jnp.float32)
-    swapped = jnp.flip(x.reshape(*x.shape[:-1], 2, half), axis=-2).reshape(x.shape)
-    return (x * cos_BT1D + swapped * sin_BT1D).astype(x_BTHD.dtype)
 
 
 def kq_kernel_init(shape: tuple[int, ...], kind: str, value: float, rngs: nnx.Rngs) -> jax.Array:
