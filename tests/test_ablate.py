@@ -2,7 +2,6 @@
 
 import csv
 import dataclasses
-import importlib.util
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import yaml
 
 from mta.ablate import SweepError, execute, expand_grid, load_sweep, plan, status, variant_name
 from mta.ablate.spec import parse_overrides, parse_sweep
+from mta.cli import ablate as ablate_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "ablate.py"
@@ -25,11 +25,8 @@ PRE = {"model.attention.kq_pre.enabled": True, "model.attention.kq_pre.c_q": 2}
 
 @pytest.fixture(scope="module")
 def ablate():
-    """scripts/ablate.py as a module, to call its main() in-process (fast)."""
-    spec = importlib.util.spec_from_file_location("ablate_cli", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The ablate command, to call its main() in-process (fast)."""
+    return ablate_cli
 
 
 def write_sweep(tmp_path, **sweep) -> Path:
@@ -136,13 +133,13 @@ def test_dry_run_prints_the_exact_commands(ablate, tiny_overrides, tmp_path, cap
         ("none", 0, "new"), ("none", 1, "new"), ("pre", 0, "new"), ("pre", 1, "new")
     ]  # fmt: skip
     command = runs[3]["command"]
-    assert command[1:6] == [str(ROOT / "scripts/train.py"), "--config", BASE, "--workdir",
+    assert command[1:7] == ["-m", "mta.cli.train", "--config", BASE, "--workdir",
                             str(root / "pre" / "seed1")]  # fmt: skip
-    assert command[6:] == [*tiny_overrides, *(f"{k}={str(v).lower()}" for k, v in PRE.items()),
+    assert command[7:] == [*tiny_overrides, *(f"{k}={str(v).lower()}" for k, v in PRE.items()),
                            f"{PRE_CK}=3", "train.seed=1"]  # fmt: skip
     assert ablate.main(["--sweep", str(sweep), "--root", str(root), "--dry-run"]) == 0
     table = capsys.readouterr().out
-    assert "4 of 4 runs to launch" in table and " ".join(command[6:]) in table
+    assert "4 of 4 runs to launch" in table and " ".join(command[7:]) in table
     assert not root.exists()
 
 

@@ -1,13 +1,16 @@
-"""scripts/bench.py end to end at toy sizes: JSON lines with the expected keys, the markdown
-section, and one-line exit 2 on bad arguments. No timing assertions (docs/benchmarks.md)."""
+"""`python scripts/bench.py` (mta/cli/bench.py over mta/bench/) end to end at toy sizes: JSON
+lines with the expected keys, the markdown section, and one-line exit 2 on bad arguments. No
+timing assertions (docs/benchmarks.md)."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from mta.bench import data
+from mta.bench.markdown import write_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 MACHINE_KEYS = {"cpu", "cores", "jax", "backend", "date"}
@@ -94,23 +97,15 @@ def test_data(tmp_path, tiny_overrides):
     assert isinstance(record["met"], bool) and record["target"] == ">= 10"
 
 
-def load_bench_module():
-    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts/bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_markdown_section_is_rewritten_in_place(tmp_path):
-    bench_script = load_bench_module()
     machine = {"cpu": "cpu", "cores": 2, "memory_gb": 1, "jax": "x", "backend": "cpu",
                "devices": 1, "load_avg_1m": 0.0, "date": "today"}  # fmt: skip
     record = {"command": "python scripts/bench.py data", "note": "", "machine": machine,
               "config": "c.yaml", "ratio": 12.5, "met": True}  # fmt: skip
     md = tmp_path / "bench.md"
     md.write_text("# Benchmarks\n\nhand-written text\n")
-    bench_script.write_markdown(md, "data", [record])
-    bench_script.write_markdown(md, "data", [{**record, "ratio": 3.25}])
+    write_markdown(md, "data", [record], data.COLUMNS)
+    write_markdown(md, "data", [{**record, "ratio": 3.25}], data.COLUMNS)
     text = md.read_text()
     assert text.count("<!-- bench:data begin -->") == 1 and "hand-written text" in text
     assert "| 3.25 |" in text and "| 12.5 |" not in text

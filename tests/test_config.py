@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mta.cli import train as train_cli
 from mta.config import ConfigError, kq_layer_indices, load_config, to_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,9 +37,6 @@ def run_train(*args):
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_every_config_passes_dry_run(path, capsys):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import train as train_cli
-
     assert train_cli.main(["--config", path, "--dry-run"]) == 0
     summary = json.loads(capsys.readouterr().out)
     cfg = load_config(path)

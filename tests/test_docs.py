@@ -3,7 +3,6 @@ README.md and docs/*.md points to a file that exists, and no tracked file refers
 outside the repository."""
 
 import dataclasses
-import importlib.util
 import re
 import subprocess
 import typing
@@ -11,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from mta.cli import config_docs as config_docs_cli
 from mta.config import Config
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "config_docs.py"
 LINK = re.compile(r'!?\[[^\]]*\]\(([^)\s]+)(?:\s+"[^"]*")?\)')
 FENCE = re.compile(r"^(```|~~~).*?^\1", flags=re.MULTILINE | re.DOTALL)
 INLINE_CODE = re.compile(r"`[^`\n]*`")
@@ -22,11 +21,8 @@ INLINE_CODE = re.compile(r"`[^`\n]*`")
 
 @pytest.fixture(scope="module")
 def config_docs():
-    """scripts/config_docs.py as a module."""
-    spec = importlib.util.spec_from_file_location("config_docs", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The config_docs command (scripts/config_docs.py)."""
+    return config_docs_cli
 
 
 def leaf_keys(cls, prefix: str = "") -> list[str]:

@@ -1,7 +1,6 @@
 """Every notebook in notebooks/ runs without an error (tiny settings, temporary directories), and
 every committed notebook has its outputs stripped."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import pytest
 import yaml
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
+
+from mta.cli import ablate
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -44,9 +45,6 @@ def sweep_root(tmp_path_factory, run_overrides):
     }
     path, root = tmp / "sweep.yaml", tmp / "root"
     path.write_text(yaml.safe_dump(sweep, sort_keys=False))
-    spec = importlib.util.spec_from_file_location("ablate_cli", ROOT / "scripts" / "ablate.py")
-    ablate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ablate)
     assert ablate.main(["--sweep", str(path), "--root", str(root), "--parallel", "2"]) == 0
     return path, root
 

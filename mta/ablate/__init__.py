@@ -1,11 +1,11 @@
 """Ablation sweeps: a sweep file -> a grid of ordinary training runs -> a Table-5-style report.
 
     sweep = load_sweep("configs/sweeps/pre_vs_post.yaml")   # spec.py: parse, validate, expand
-    runs = plan(sweep, "runs/ablate", "scripts/train.py")   # plan.py: one Run per (variant, seed)
-    execute([r for r in runs if status(r) != "done"], 2)   # runner.py: train.py subprocesses
+    runs = plan(sweep, "runs/ablate")                       # plan.py: one Run per (variant, seed)
+    execute([r for r in runs if status(r) != "done"], 2)   # runner.py: `mta train` subprocesses
     write_report(sweep, runs, "runs/ablate")                # report.py: markdown, CSV, plots
 
-`scripts/ablate.py` is the command line over these.
+`mta ablate` (mta/cli/ablate.py, or `python scripts/ablate.py`) is the command line over these.
 """
 
 from mta.ablate.plan import Run, plan, status

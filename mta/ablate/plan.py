@@ -1,4 +1,4 @@
-"""From a sweep to runs: one ordinary `scripts/train.py` run per (variant, seed) in
+"""From a sweep to runs: one ordinary training run (`mta train`) per (variant, seed) in
 ROOT/<variant>/seed<k>, every config validated before anything is launched.
 
 A run is `done` when its metrics.jsonl reaches the config's train.steps, `resume` when its workdir
@@ -18,6 +18,7 @@ from mta.ablate.spec import Sweep, SweepError, Variant
 from mta.config import Config, ConfigError, load_config, resume_diff, to_dict
 
 REPO = Path(__file__).resolve().parents[2]
+TRAIN_MODULE = "mta.cli.train"  # run as `python -m`: no file of a checkout needed
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Run:
     variant: Variant
     seed: int
     workdir: Path
-    command: tuple[str, ...]  # the exact train.py command line
+    command: tuple[str, ...]  # the exact training command line
     cfg: Config = field(compare=False, repr=False)  # the resolved config
 
     @property
@@ -95,11 +96,13 @@ def check_existing(run: Run) -> None:
 def plan(
     sweep: Sweep,
     root: str | Path,
-    train_script: str | Path,
+    train_script: str | Path | None = None,
     python: str = sys.executable,
     check: Callable[[str, list[str]], Config] = load_checked,
 ) -> list[Run]:
-    """Every (variant, seed) run, its config validated with `check`; SweepError on any error."""
+    """Every (variant, seed) run, its config validated with `check`; SweepError on any error.
+    Each run's command is `python -m mta.cli.train ...`, or `python TRAIN_SCRIPT ...`."""
+    launcher = (python, "-m", TRAIN_MODULE) if train_script is None else (python, str(train_script))
     runs = []
     for variant in sweep.variants:
         config = resolve_config(variant.config or sweep.base, sweep.path)
@@ -110,7 +113,7 @@ def plan(
             raise SweepError(f"variant {variant.name}: {err}") from None
         for seed in sweep.seeds:
             workdir = Path(root) / variant.name / f"seed{seed}"
-            command = (python, str(train_script), "--config", config, "--workdir", str(workdir))
+            command = (*launcher, "--config", config, "--workdir", str(workdir))
             seeded = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
             runs.append(
                 Run(variant, seed, workdir, (*command, *base, f"train.seed={seed}"), seeded)

@@ -1,4 +1,4 @@
-"""Runs a sweep's runs as `scripts/train.py` subprocesses, several at once.
+"""Runs a sweep's runs as training subprocesses (`python -m mta.cli.train`), several at once.
 
 Each run's stdout and stderr are appended to WORKDIR/train.log. Children run in their own
 session, so a Ctrl-C or SIGTERM reaches the sweep only; it forwards the signal once to every

@@ -4,7 +4,8 @@
     loaded = load_model("runs/x", step, rope_theta=None)
     logits = nnx.merge(loaded.graphdef, loaded.params)(tokens_BT)
 
-Nothing in the workdir is written: the checkpoint manager is opened read-only.
+Nothing in the workdir is written: the checkpoint manager is opened read-only. Only the params
+are read (not the optimizer state, twice their size with AdamW).
 """
 
 import dataclasses
@@ -15,7 +16,6 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mta.config import Config, ConfigError, load_config
-from mta.train import checkpoint
 from mta.train.mesh import make_mesh
 from mta.train.state import TrainSetup
 
@@ -72,17 +72,23 @@ def _mesh(cfg: Config) -> Mesh:
 
 
 def load_model(workdir: str | Path, step: int, rope_theta: float | None = None) -> LoadedModel:
-    """Restores the params of checkpoint `step` of `workdir` (the full state is restored onto
-    TrainSetup's abstract target, then only the params kept). rope_theta overrides
+    """Restores the params of checkpoint `step` of `workdir` onto the shardings of
+    TrainSetup's abstract params (a partial restore: nothing else is read). rope_theta overrides
     model.rope_theta (length extrapolation); ConfigError for an unreadable checkpoint."""
     workdir = Path(workdir)
     overrides = [] if rope_theta is None else [f"model.rope_theta={float(rope_theta)!r}"]
     cfg = load_config(workdir / "config.yaml", overrides)
     mesh = _mesh(cfg)
     setup = TrainSetup(cfg, mesh)
+    target = {"params": setup.abstract_state()["params"]}
+    params_only = ocp.args.PyTreeRestore(
+        item=target,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+        partial_restore=True,
+    )
     manager = _manager(workdir)
     try:
-        state = checkpoint.restore(manager, step, setup.abstract_state(), None)
+        state = manager.restore(step, args=ocp.args.Composite(state=params_only))["state"]
     except Exception as err:  # orbax raises many kinds for a damaged or foreign checkpoint
         detail = " ".join(str(err).split())[:200]
         raise ConfigError(

@@ -7,15 +7,12 @@ OUT.npz holds `{step}/{field}` arrays: this process's [B / 2, T] part of each ba
 """
 
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from mta.config import load_config  # noqa: E402
-from mta.data import pipeline  # noqa: E402
+from mta.config import load_config
+from mta.data import pipeline
 
 
 def first_batches(overrides: list[str], count: int) -> list[dict]:

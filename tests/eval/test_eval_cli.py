@@ -1,8 +1,8 @@
-"""scripts/eval.py end to end on a tiny checkpoint, its user errors, and the model calls under it
-(padded/bucketed teacher forcing and generation equal the plain unpadded ones)."""
+"""The eval command (scripts/eval.py) end to end on a tiny checkpoint, its user errors, and the
+model calls under it (padded/bucketed teacher forcing and generation equal the plain unpadded
+ones)."""
 
 import functools
-import importlib.util
 import json
 import shutil
 import subprocess
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from mta.cli import eval as eval_cli
 from mta.config import load_config
 from mta.data import pipeline
 from mta.data.tokenizer import BOS
@@ -27,13 +28,6 @@ from mta.train.step import eval_step, forward
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_SUITE = ROOT / "configs/eval/tiny.yaml"
-
-
-def _cli():
-    spec = importlib.util.spec_from_file_location("eval_cli", ROOT / "scripts/eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +97,7 @@ def test_tiny_suite_writes_every_output(trained, data_dir, tmp_path):
 
 
 def _run_main(argv, capsys) -> tuple[int, list[str]]:
-    code = _cli().main(argv)
+    code = eval_cli.main(argv)
     return code, capsys.readouterr().err.strip().splitlines()
 
 
@@ -156,7 +150,7 @@ def test_bad_suite_file_exits_2_with_one_line(case, tmp_path, capsys):
 
 def test_help_exits_0(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        _cli().main(["--help"])
+        eval_cli.main(["--help"])
     assert exit_info.value.code == 0
     assert "--rope-theta" in capsys.readouterr().out
 

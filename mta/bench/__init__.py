@@ -1,0 +1,18 @@
+"""Speed and memory benchmarks: one module per benchmark, one shared harness.
+
+    attention.py  forward+backward time and peak memory of attention variants vs T
+    train.py      tokens/s and MFU of full training steps
+    decode.py     per-token latency: cached vs recomputed decoding
+    data.py       input pipeline tokens/s vs training tokens/s
+    harness.py    configs, machine info, JSON-lines records, timing, matmul probe, memory,
+                  fresh subprocesses per configuration (their side: child.py)
+    markdown.py   a run's section of docs/benchmarks.md
+
+Each benchmark module has COLUMNS (its markdown table) and run(args, rec), which emits one record
+per measurement through a harness.Recorder. `mta bench NAME` (mta/cli/bench.py) is the command;
+the numbers live in docs/benchmarks.md with their command and machine, not here.
+"""
+
+from mta.bench import attention, data, decode, train
+
+BENCHMARKS = {"attention": attention, "train": train, "decode": decode, "data": data}

@@ -1,0 +1,166 @@
+"""Speed and memory benchmarks of attention, training, decoding and the input pipeline.
+
+    mta bench attention --T 512 1024 2048 --repeats 5
+    mta bench train --config configs/toy/block_mta_cpu.yaml train.batch_size=16
+    mta bench decode --contexts 1024 --model-config configs/toy/block_mta_cpu.yaml
+    mta bench data
+    mta bench decode --out docs/bench_results.jsonl --markdown docs/benchmarks.md
+
+(`python scripts/bench.py ...` in a checkout is the same command.)
+
+Every measurement is one JSON object on stdout with its parameters, the machine and the numbers;
+--out FILE also appends them to a JSONL file and --markdown FILE (re)writes this subcommand's
+section of a markdown file from the newest run in that JSONL (or from this run without --out).
+Attention and decoding configurations run in fresh subprocesses (python -m mta.bench.child), so
+a peak RSS belongs to one configuration and an out-of-memory or a timeout ends only that
+configuration's row. The benchmarks themselves are the modules of mta/bench/.
+
+Exit codes: 0 success; 2 user error (one line naming what is wrong).
+"""
+
+import argparse
+import contextlib
+import shlex
+import sys
+
+from mta.bench import BENCHMARKS, attention, decode, train
+from mta.bench.harness import Recorder, UserError, load_cfg
+from mta.bench.markdown import newest_run, write_markdown
+from mta.cli.args import command_parser, non_negative_int, positive_float, positive_int
+
+SCRIPT = ("python", "scripts/bench.py")  # how records name the command when run as a script
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    """Options of every subcommand: output files and a note."""
+    parser.add_argument("--out", help="also append the JSON lines to this JSONL file")
+    parser.add_argument("--markdown", help="(re)write this subcommand's section of this file")
+    parser.add_argument("--note", default="", help="free text kept with every record")
+
+
+def _shape_options(parser, heads: int = 8, head_dim: int = 64) -> None:
+    parser.add_argument("--heads", type=positive_int, default=heads, help="H (default %(default)s)")
+    parser.add_argument("--head-dim", type=positive_int, default=head_dim, help="D")
+    parser.add_argument("--batch", type=positive_int, default=1, help="B (default %(default)s)")
+
+
+def _subprocess_options(parser, timeout: float) -> None:
+    parser.add_argument(
+        "--timeout", type=positive_float, default=timeout, help="seconds per configuration"
+    )
+    parser.add_argument(
+        "--max-memory-gb",
+        type=positive_float,
+        help="kill a configuration whose RSS passes this (default 80%% of available memory)",
+    )
+
+
+def _subparser(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A benchmark's subcommand; its --help describes it with the benchmark module's doc."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=BENCHMARKS[name].__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def build_parser(prog=None) -> argparse.ArgumentParser:
+    """The CLI: one subparser per benchmark."""
+    parser = command_parser(__doc__, prog)
+    sub = parser.add_subparsers(
+        dest="bench", required=True, metavar="{attention,train,decode,data}"
+    )
+
+    att = _subparser(sub, "attention", "forward+backward time and peak memory vs T")
+    att.add_argument(
+        "--T", type=positive_int, nargs="+", default=[2**i for i in range(9, 16)],
+        help="sequence lengths (default 512 ... 32768)",
+    )  # fmt: skip
+    att.add_argument(
+        "--variants", nargs="+", choices=attention.VARIANTS, default=attention.VARIANTS,
+        metavar="VARIANT", help=f"some of {', '.join(attention.VARIANTS)} (default: all)",
+    )  # fmt: skip
+    att.add_argument(
+        "--impls", nargs="+", choices=("dense", "blockwise"), default=["dense", "blockwise"],
+        metavar="IMPL", help="dense and/or blockwise (default: both)",
+    )  # fmt: skip
+    _shape_options(att)
+    att.add_argument("--repeats", type=positive_int, default=5, help="timed calls (median)")
+    att.add_argument(
+        "--warmup", type=non_negative_int, default=1, help="untimed calls after compile (>= 0)"
+    )
+    _subprocess_options(att, timeout=600)
+    _common(att)
+
+    tr = _subparser(sub, "train", "tokens/s and MFU of full training steps")
+    tr.add_argument("--config", action="append", help="YAML config (repeatable; default: toy pair)")
+    tr.add_argument("overrides", nargs="*", help="dotted overrides for every config")
+    tr.add_argument("--steps", type=positive_int, default=5, help="timed steps (median)")
+    tr.add_argument("--warmup", type=positive_int, default=2, help="untimed steps after compile")
+    tr.add_argument("--matmul-sizes", type=positive_int, nargs="+", default=[512, 1024, 2048])
+    _common(tr)
+
+    dec = _subparser(sub, "decode", "per-token latency: cached vs recomputed decoding")
+    dec.add_argument(
+        "--contexts", type=positive_int, nargs="+", default=[1024, 4096, 16384],
+        help="cache sizes (default 1024 4096 16384)",
+    )  # fmt: skip
+    dec.add_argument(
+        "--methods", nargs="+", choices=decode.METHODS, default=decode.METHODS, metavar="METHOD",
+        help=f"some of {', '.join(decode.METHODS)} (default: all)",
+    )  # fmt: skip
+    _shape_options(dec)
+    dec.add_argument("--steps", type=positive_int, default=20, help="timed tokens (median)")
+    dec.add_argument("--recompute-steps", type=positive_int, default=3, help="timed recomputes")
+    dec.add_argument("--model-config", help="also time mta.eval.generate with this config")
+    dec.add_argument("--model-contexts", type=positive_int, nargs="+", help="default: --contexts")
+    dec.add_argument("--model-overrides", nargs="+", default=[], help="dotted overrides")
+    _subprocess_options(dec, timeout=600)
+    _common(dec)
+
+    data = _subparser(sub, "data", "input pipeline tokens/s vs training tokens/s")
+    data.add_argument("--config", default=train.DEFAULT_CONFIGS[0], help="YAML config")
+    data.add_argument("overrides", nargs="*", help="dotted overrides")
+    data.add_argument("--batches", type=positive_int, default=50, help="timed batches")
+    data.add_argument("--train-steps", type=positive_int, default=5, help="timed train steps")
+    _common(data)
+    return parser
+
+
+def check_args(args) -> None:
+    """Checks beyond argparse's (configs and overrides included), before any measurement;
+    raises UserError."""
+    if args.bench == "attention" and "diff" in args.variants and args.heads % 2:
+        raise UserError(f"--heads {args.heads}: the diff variant needs an even number of heads")
+    if args.bench == "train":
+        for path in args.config or train.DEFAULT_CONFIGS:
+            load_cfg(path, args.overrides)
+    if args.bench == "data":
+        load_cfg(args.config, args.overrides)
+    if args.bench == "decode" and args.model_config:
+        load_cfg(args.model_config, args.model_overrides)
+
+
+def main(argv=None, prog=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(prog)
+    args = parser.parse_args(argv)
+    command = shlex.join([*(prog.split() if prog else SCRIPT), *argv])
+    try:
+        check_args(args)
+        rec = Recorder(args.bench, args.out, args.note, command)
+        with contextlib.redirect_stdout(sys.stderr):  # e.g. TFDS's "Dataset ... prepared"
+            BENCHMARKS[args.bench].run(args, rec)
+    except UserError as err:
+        print(f"{parser.prog} {args.bench}: error: {err}", file=sys.stderr)
+        return 2
+    if args.markdown:
+        records = newest_run(args.out, args.bench) if args.out else rec.records
+        if records:
+            write_markdown(args.markdown, args.bench, records, BENCHMARKS[args.bench].COLUMNS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""Train a model from a YAML config into a workdir (resuming if it has checkpoints).
+
+    mta train --config configs/toy/block_mta.yaml --workdir runs/x train.steps=200
+    mta train --config configs/lm/880M_mta.yaml --dry-run
+
+(`python scripts/train.py ...` in a checkout is the same command.)
+
+Exit codes: 0 success (also after SIGTERM, with a checkpoint at the stop step); 2 user error
+(one line naming what is wrong); 3 NaN/Inf in the loss or gradients; 4 a checkpoint could not be
+written; 130 after SIGINT (Ctrl-C), with a checkpoint at the stop step.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from mta.cli.args import command_parser, user_error
+from mta.config import ConfigError, load_config
+
+
+def parse_args(argv, prog=None):
+    parser = command_parser(__doc__, prog)
+    parser.add_argument("--config", required=True, help="YAML config file")
+    parser.add_argument("--workdir", help="run directory (required unless --dry-run)")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate, build the model abstractly and print a JSON summary",
+    )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="resume a workdir even though model/data/optimizer keys differ (logs the diff)",
+    )
+    group = parser.add_argument_group(
+        "multi-process (one process per host; or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES,"
+        " JAX_PROCESS_ID)"
+    )
+    group.add_argument("--coordinator", help="host:port of process 0")
+    group.add_argument("--num-processes", type=int)
+    group.add_argument("--process-id", type=int)
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="call jax.distributed.initialize() and let it detect the cluster (TPU pods, SLURM)",
+    )
+    parser.add_argument("overrides", nargs="*", help="dotted overrides like train.steps=200")
+    args = parser.parse_args(argv)
+    if not args.dry_run and not args.workdir:
+        parser.error("--workdir is required (or use --dry-run)")
+    return args
+
+
+def init_distributed(args) -> None:
+    """Joins the multi-process JAX runtime when launched as several processes."""
+    import jax
+
+    explicit = {
+        "coordinator_address": args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        "num_processes": args.num_processes or _env_int("JAX_NUM_PROCESSES"),
+        "process_id": args.process_id
+        if args.process_id is not None
+        else _env_int("JAX_PROCESS_ID"),
+    }
+    given = {k: v for k, v in explicit.items() if v is not None}
+    if not given and not args.distributed:
+        return
+    if given and len(given) < 3:
+        missing = ", ".join(k for k in explicit if k not in given)
+        raise ConfigError(
+            f"multi-process launch needs --coordinator, --num-processes and "
+            f"--process-id; missing: {missing}"
+        )
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only used on CPU
+    jax.distributed.initialize(**given)
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return None if value is None else int(value)
+
+
+def load(config: str, overrides: list[str]):
+    """The validated config, including the checks that need the task's rules or the devices,
+    so that every config error is reported before any compute (ablate checks sweeps with it)."""
+    from mta.data import pipeline
+    from mta.train.mesh import check_batch, tensor_parallel_plan
+
+    cfg = load_config(config, overrides)
+    try:
+        pipeline.sequence_length(cfg.data)
+    except ValueError as err:
+        raise ConfigError(f"data.{cfg.data.task}: {err}") from None
+    check_batch(cfg)
+    tensor_parallel_plan(cfg)
+    return cfg
+
+
+def dry_run(cfg) -> dict:
+    from mta.data import pipeline
+    from mta.train.mesh import make_mesh
+    from mta.train.state import TrainSetup
+    from mta.train.summary import summary
+
+    setup = TrainSetup(cfg, make_mesh(cfg.mesh))
+    seq_len = pipeline.sequence_length(cfg.data)
+    return summary(cfg, setup.abstract_state(), seq_len, setup.shardings["params"])
+
+
+def run(args, cfg) -> int:
+    from mta.train import faults
+    from mta.train.loop import train
+
+    try:
+        result = train(cfg, args.workdir, allow_config_change=args.allow_config_change)
+    except faults.NonFiniteError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return faults.EXIT_NONFINITE
+    except faults.CheckpointWriteError as err:
+        # Metrics and the manager are closed by now. Orbax's writer threads keep failing and
+        # printing after a write error, burying this line, so the process ends here at once.
+        print(f"error: {err}", file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(faults.EXIT_SAVE_FAILED)
+    print(json.dumps(result))
+    if "stopped_by" in result:
+        print(
+            f"stopped at step {result['step']} ({result['stopped_by']}) with a checkpoint there",
+            file=sys.stderr,
+        )
+        return faults.EXIT_SIGINT if result["stopped_by"] == "SIGINT" else 0
+    print(
+        f"step {result['step']}: exact-match error {result['eval/exact_match_error']:.1f}% on "
+        f"{result['eval/examples']} {cfg.eval.split} examples; metrics in "
+        f"{Path(args.workdir) / 'metrics.jsonl'}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def main(argv=None, prog=None) -> int:
+    args = parse_args(argv, prog)
+    try:
+        init_distributed(args)
+        cfg = load(args.config, args.overrides)
+        if args.dry_run:
+            print(json.dumps(dry_run(cfg), indent=1))
+            return 0
+        return run(args, cfg)
+    except ConfigError as err:
+        return user_error(err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
