@@ -93,7 +93,7 @@ def attention_fn(variant: str, impl: str):
     """inputs dict -> attention output [B, T, H, D] (for mta_full after gated group norm)."""
     import jax
 
-    from mta.attention import causal_attention, differential_attention, multi_token_attention
+    from mta.attention import differential_attention, multi_token_attention
     from mta.model import rms_norm
 
     kernel_names = ("kq_pre", "head_pre", "kq_post", "head_post")
@@ -103,13 +103,11 @@ def attention_fn(variant: str, impl: str):
             return jax.nn.dot_product_attention(x["q"], x["k"], x["v"], is_causal=True)
         if variant == "diff":
             return differential_attention(x["q"], x["k"], x["v"], x["lam"])
-        if variant == "baseline" and impl == "dense":
-            return causal_attention(x["q"], x["k"], x["v"])
         kernels = {name: x.get(name) for name in kernel_names}
         out = multi_token_attention(x["q"], x["k"], x["v"], **kernels, impl=impl)
         if variant != "mta_full":
             return out
-        # group norm with scalar sigmoid gating, as Attention._group_norm in mta/model.py
+        # group norm with scalar sigmoid gating, as Attention._norm in mta/model.py
         normed = rms_norm(out, x["out_norm"], 1e-5)
         return normed * jax.nn.sigmoid(normed @ x["gate_w"] + x["gate_b"])[..., None]
 
@@ -200,7 +198,7 @@ def run(args, rec: Recorder) -> None:
         for variant in args.variants
         if variant != REFERENCE
         for impl in args.impls
-        if impl == "dense" or variant in BLOCKWISE_VARIANTS
+        if impl != "blockwise" or variant in BLOCKWISE_VARIANTS
     ]
     stopped = set()
     for variant, impl in rows:

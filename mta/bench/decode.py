@@ -107,9 +107,10 @@ def measure_model(item: dict) -> dict:
     from mta.config import load_config
     from mta.eval.generate import Generator
     from mta.model import Transformer
+    from mta.resolve import resolve_model
 
     cfg = load_config(resolve_config(item["config"]), item["overrides"])
-    gen = Generator(Transformer(cfg.model, nnx.Rngs(0)))
+    gen = Generator(Transformer(resolve_model(cfg.model), nnx.Rngs(0)))
     S, steps = item["context"], item["steps"]
     tokens_BS = np.random.default_rng(0).integers(0, 256, (1, S), dtype=np.int32)
     box = {"length": S - steps - 1}  # tokens so far; the timed ones fill the rest
