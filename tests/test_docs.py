@@ -29,8 +29,8 @@ def config_docs():
 
 def leaf_keys(cls, prefix: str = "", seen: set | None = None) -> list[str]:
     """Every dotted key of a config dataclass whose value is not itself a dataclass, lists of
-    dataclasses last; the fields of the dataclass X of a `list[X]` field as `key[i].field`, except those of
-    a section whose dataclass was listed before (a task's settings, listed under data.<task>)."""
+    dataclasses last; the fields of the dataclass X of a `list[X]` field as `key[i].field`,
+    but for a section whose dataclass was listed before (a task's, listed under data.<task>)."""
     keys, seen = [], set() if seen is None else seen
     fields = dataclasses.fields(cls)
     lists = [
