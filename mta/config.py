@@ -6,6 +6,7 @@ Unknown keys, wrong types and impossible values raise ConfigError with one line 
 and what is allowed. `to_yaml(cfg)` gives the resolved config that a workdir stores.
 """
 
+import copy
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -13,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from mta.data.tasks import TASKS  # the task registry: light modules, no TFDS
 
 
 class ConfigError(ValueError):
@@ -80,48 +83,42 @@ class ModelConfig:
     attention: AttentionConfig = field(default_factory=AttentionConfig)
 
 
-@dataclass
-class BlockTaskConfig:
-    """The "find the block" toy task of docs/mta.md."""
-
-    n: int = 5  # letters per block
-    l: int = 2  # noqa: E741  query letters
-    variant: str = "all"  # all | first | last
-    length: int = 319  # prompt + answer characters
-    num_blocks: int = 0  # 0 means as many as fit in `length`
-    num_train: int = 100_000  # examples in the train split
-    num_validation: int = 1000  # examples in the validation split
-    num_test: int = 1000  # examples in the test split
-    seed: int = 0  # seed of the dataset's generation (another seed, another dataset)
-
-
-TASKS = ("block", "mqar", "niah", "babi", "vartrack", "text")
+def _with_task_settings(base: type) -> type:
+    """`base` plus one field per registered task (mta/data/tasks), `<task>: <its settings
+    dataclass>` at its defaults; named like `base` without its leading underscore."""
+    fields = [(name, t.settings, field(default_factory=t.settings)) for name, t in TASKS.items()]
+    cls = dataclasses.make_dataclass(base.__name__.lstrip("_"), fields, bases=(base,))
+    cls.__module__, cls.__doc__ = __name__, base.__doc__
+    return cls
 
 
 @dataclass
-class MixtureMember:
-    """One task of a mixture (data.task: mix), drawn with probability weight / sum of weights."""
+class _MixtureMember:
+    """One task of a mixture (data.task: mix), drawn with probability weight / sum of weights;
+    its settings are its task's section, data.mixture[i].<task>."""
 
-    task: str = ""  # block | mqar | niah | babi | vartrack | text
+    task: str = ""  # one of the tasks of data.task (not mix)
     weight: float = 1.0  # relative: the share of examples is weight / sum of the weights
-    params: dict[str, Any] = field(default_factory=dict)  # builder parameters, as data.params
-    block: BlockTaskConfig = field(default_factory=BlockTaskConfig)  # the block task's parameters
+
+
+MixtureMember = _with_task_settings(_MixtureMember)
 
 
 @dataclass
-class DataConfig:
-    task: str = "block"  # block | mqar | niah | babi | vartrack | text | mix
+class _DataConfig:
+    """Then one section of settings per task (data.<task>): data.task's is the one used."""
+
+    task: str = "block"  # a task of mta/data/tasks (block | mqar | niah | ...) or mix
     data_dir: str = "~/tensorflow_datasets"  # where TFDS builds and reads datasets
     seq_len: int = 2048  # tokens per training row (the block task sets its own)
     packing: str = "pad"  # pad (one example per row) | pack (first-fit, with segment ids)
     too_long: str = "drop"  # an example longer than seq_len: drop | truncate (text is chunked)
-    block: BlockTaskConfig = field(default_factory=BlockTaskConfig)
-    # Builder parameters of the other tasks, e.g. {num_needles: 2, length: 1024} for niah
-    # (see mta/data/tfds_<task>.py: <task>_config).
-    params: dict[str, Any] = field(default_factory=dict)
-    # The members of task `mix`, e.g. [{task: mqar, weight: 0.4, params: {num_pairs: 8}},
+    # The members of task `mix`, e.g. [{task: mqar, weight: 0.4, mqar: {num_pairs: 8}},
     # {task: block, weight: 0.6, block: {num_blocks: 5}}] (see mta/data/mixture.py).
     mixture: list[MixtureMember] = field(default_factory=list)
+
+
+DataConfig = _with_task_settings(_DataConfig)
 
 
 @dataclass
@@ -309,7 +306,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         layers.append((f"override '{item}'", OmegaConf.from_dotlist([item])))
     merged = base
     for where, layer in layers:
-        layer = _mixture_layer(layer, merged, where)
+        layer = _data_layer(layer, merged, where)
         try:
             merged = OmegaConf.merge(merged, layer)
         except OmegaConfBaseException as err:
@@ -340,31 +337,23 @@ def kq_layer_indices(spec: Any, num_layers: int) -> list[int]:
     )
 
 
-BLOCK_POSITIVE = ("n", "l", "length", "num_train", "num_validation", "num_test")
-BLOCK_NON_NEGATIVE = ("num_blocks", "seed")
-BLOCK_VARIANTS = ("all", "first", "last")
+MIXTURE_EXAMPLE = "{task: mqar, weight: 0.5, mqar: {num_pairs: 8}}"
 
 
-def _validate_block(b: BlockTaskConfig, key: str) -> None:
-    """The block task's parameters at `key` (data.block or data.mixture[i].block)."""
-    if b.variant not in BLOCK_VARIANTS:
-        raise ConfigError(f"{key}.variant: got {b.variant!r}; allowed: {', '.join(BLOCK_VARIANTS)}")
-    for name in BLOCK_POSITIVE:
-        if not getattr(b, name) > 0:
-            raise ConfigError(f"{key}.{name}: got {getattr(b, name)}; must be > 0")
-    for name in BLOCK_NON_NEGATIVE:
-        if not getattr(b, name) >= 0:
-            raise ConfigError(f"{key}.{name}: got {getattr(b, name)}; must be >= 0")
-    if b.n > 26 or b.l > b.n:
-        raise ConfigError(f"{key}: need 1 <= l <= n <= 26; got n={b.n}, l={b.l}")
+def _check_settings(settings: Any, key: str) -> None:
+    """A task's settings at `key` (data.<task> or data.mixture[i].<task>): ConfigError naming
+    the key for impossible values."""
+    try:
+        settings.check()
+    except ValueError as err:
+        raise ConfigError(f"{key}: {_one_line(err)}") from None
 
 
-MIXTURE_EXAMPLE = "{task: mqar, weight: 0.5, params: {num_pairs: 8}}"
-
-
-def _validate_mixture(data: DataConfig) -> None:
-    """data.mixture: members only with task mix, each a known task with a weight > 0 and the
-    parameters of its own task."""
+def _validate_data(data: DataConfig) -> None:
+    """Every task's section; data.mixture: members only with task mix, each a known task with
+    a weight > 0 and settings only in its own task's section."""
+    for name in TASKS:
+        _check_settings(getattr(data, name), f"data.{name}")
     if data.task != "mix":
         if data.mixture:
             raise ConfigError(
@@ -377,40 +366,67 @@ def _validate_mixture(data: DataConfig) -> None:
             f"data.mixture: empty; data.task: mix needs a list of members like {MIXTURE_EXAMPLE}"
             f" (tasks: {', '.join(TASKS)})"
         )
-    if data.params:
-        raise ConfigError(
-            "data.params: not used with data.task: mix; give each member its own params in "
-            "data.mixture"
-        )
     for index, member in enumerate(data.mixture):
         key = f"data.mixture[{index}]"
         if member.task not in TASKS:
             raise ConfigError(f"{key}.task: got {member.task!r}; allowed: {', '.join(TASKS)}")
         if not (math.isfinite(member.weight) and member.weight > 0):
             raise ConfigError(f"{key}.weight: got {member.weight}; must be a finite number > 0")
-        if member.task == "block":
-            if member.params:
+        _check_settings(getattr(member, member.task), f"{key}.{member.task}")
+        for name, task in TASKS.items():
+            if name != member.task and getattr(member, name) != task.settings():
                 raise ConfigError(
-                    f"{key}.params: the block task takes its parameters from {key}.block"
+                    f"{key}.{name}: set, but this member's task is {member.task}; give its "
+                    f"settings in {key}.{member.task}"
                 )
-            _validate_block(member.block, f"{key}.block")
-        elif member.block != BlockTaskConfig():
-            raise ConfigError(
-                f"{key}.block: only the block task has block parameters; give those of "
-                f"{member.task} in {key}.params"
-            )
 
 
-def _mixture_layer(layer: DictConfig, merged: DictConfig, where: str) -> DictConfig:
-    """The layer with its data.mixture checked: a list of members without unknown keys
-    (OmegaConf would name such a key without the member's index). An override of one member,
-    data.mixture.0.weight=2, becomes the whole list with that member updated."""
+def _legacy_params(params: Any, task: str, where: str) -> dict:
+    """A `params` mapping of a config written before the typed task sections, as the settings
+    of `task` (its section data.<task>); ConfigError for a key the task does not have."""
+    allowed = [f.name for f in dataclasses.fields(TASKS[task].settings)]
+    if not isinstance(params, dict):
+        raise ConfigError(f"{where}: must be a mapping of settings; allowed: {', '.join(allowed)}")
+    unknown = [name for name in params if name not in allowed]
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown parameter {unknown[0]!r}; allowed: {', '.join(allowed)}"
+        )
+    if isinstance(params.get("depths"), int):  # niah_config took one depth as an int
+        return {**params, "depths": [params["depths"]]}
+    return params
+
+
+def _upgrade(section: dict, task: str | None, key: str, where: str) -> None:
+    """Moves a legacy `params` mapping of `section` (data, or a member of data.mixture) into
+    the section of its `task`, in place."""
+    if "params" not in section:
+        return
+    params = section.pop("params")
+    if task == "mix" and params:
+        raise ConfigError(
+            f"{where}: {key}.params: not used with data.task: mix; give each member its own "
+            "settings in data.mixture"
+        )
+    if task in TASKS and params:
+        settings = _legacy_params(params, task, f"{where}: {key}.params of task {task}")
+        section[task] = {**(section.get(task) or {}), **settings}
+
+
+def _data_layer(layer: DictConfig, merged: DictConfig, where: str) -> DictConfig:
+    """The layer with its data section checked and upgraded: legacy `params` moved into the
+    task's section, data.mixture a list of members without unknown keys (OmegaConf would name
+    such a key without the member's index). An override of one member, data.mixture.0.weight=2,
+    becomes the whole list with that member updated."""
     data = layer.get("data")
-    mixture = data.get("mixture") if isinstance(data, DictConfig) else None
-    if mixture is None:
+    if not isinstance(data, DictConfig):
         return layer
-    if isinstance(mixture, DictConfig | ListConfig):
-        mixture = OmegaConf.to_container(mixture)
+    container = OmegaConf.to_container(layer)
+    data = container["data"]
+    _upgrade(data, data.get("task", merged.data.task), "data", where)
+    mixture = data.get("mixture")
+    if mixture is None:
+        return OmegaConf.create(container)
     members = None
     if isinstance(mixture, list):
         members = dict(enumerate(mixture))
@@ -421,26 +437,27 @@ def _mixture_layer(layer: DictConfig, merged: DictConfig, where: str) -> DictCon
             f"{where}: data.mixture must be a list of members like {MIXTURE_EXAMPLE}; "
             f"got {mixture!r}"
         )
-    for index, member in members.items():
-        at = f"{where}: data.mixture[{index}]"
-        _check_keys(member, MixtureMember, at)
-        if isinstance(member.get("block"), dict):
-            _check_keys(member["block"], BlockTaskConfig, f"{at}.block")
-        try:
-            OmegaConf.merge(OmegaConf.structured(MixtureMember), member)
-        except OmegaConfBaseException as err:
-            raise _omegaconf_error(err, at) from None
-    if isinstance(mixture, list):
-        return layer
     current = merged.data.mixture
-    if max(members) >= len(current):
+    if not isinstance(mixture, list) and max(members) >= len(current):
         raise ConfigError(
             f"{where}: data.mixture[{max(members)}]: no such member; the mixture has "
             f"{len(current)} (indices from 0)"
         )
-    updated = [OmegaConf.merge(m, members.get(i, {})) for i, m in enumerate(current)]
-    container = OmegaConf.to_container(layer)
-    container["data"]["mixture"] = [OmegaConf.to_container(m) for m in updated]
+    for index, member in members.items():
+        at = f"data.mixture[{index}]"
+        task = member.get("task") or (current[index].task if index < len(current) else None)
+        _upgrade(member, task, at, where)
+        _check_keys(member, MixtureMember, f"{where}: {at}")
+        for name, section in member.items():
+            if name in TASKS and isinstance(section, dict):
+                _check_keys(section, TASKS[name].settings, f"{where}: {at}.{name}")
+        try:
+            OmegaConf.merge(OmegaConf.structured(MixtureMember), member)
+        except OmegaConfBaseException as err:
+            raise _omegaconf_error(err, f"{where}: {at}") from None
+    if not isinstance(mixture, list):
+        updated = [OmegaConf.merge(m, members.get(i, {})) for i, m in enumerate(current)]
+        data["mixture"] = [OmegaConf.to_container(m) for m in updated]
     return OmegaConf.create(container)
 
 
@@ -449,6 +466,25 @@ def _check_keys(given: dict, schema: type, where: str) -> None:
     unknown = [key for key in given if key not in allowed]
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}'; allowed: {', '.join(allowed)}")
+
+
+def upgrade_saved(saved: dict) -> dict:
+    """A resolved config as a workdir stores it (plain dicts, maybe written before the typed
+    task sections) in today's form: legacy `params` moved into the task sections, every
+    mixture member complete with its defaults. Raises ConfigError for a bad legacy key."""
+    saved = copy.deepcopy(saved)
+    data = saved.get("data")
+    if not isinstance(data, dict):
+        return saved
+    _upgrade(data, data.get("task"), "data", "saved config")
+    defaults = to_dict(MixtureMember())
+    members = data.get("mixture") or []
+    for index, member in enumerate(members):
+        _upgrade(member, member.get("task"), f"data.mixture[{index}]", "saved config")
+        members[index] = {**defaults, **member}
+        for name in TASKS:
+            members[index][name] = {**defaults[name], **(member.get(name) or {})}
+    return saved
 
 
 def validate(cfg: Config) -> None:
@@ -511,8 +547,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"train.warmup_steps: {cfg.train.warmup_steps} exceeds train.steps ({cfg.train.steps})"
         )
-    _validate_block(cfg.data.block, "data.block")
-    _validate_mixture(cfg.data)
+    _validate_data(cfg.data)
     for axis in ("data", "fsdp", "tensor"):
         size = getattr(cfg.mesh, axis)
         if size == 0 or size < -1:
@@ -560,7 +595,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict:
 def resume_diff(saved: dict, new: dict) -> list[str]:
     """The keys whose change would make a resumed run differ from the saved one, as
     'key: old -> new' lines (harmless keys such as train.steps or log.every are left out)."""
-    old_flat, new_flat = _flatten(saved), _flatten(new)
+    old_flat, new_flat = _flatten(upgrade_saved(saved)), _flatten(new)
     defaults = _flatten(to_dict(Config()))
     changed = []
     for key in sorted(set(old_flat) | set(new_flat)):

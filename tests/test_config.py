@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mta.cli import train as train_cli
-from mta.config import ConfigError, kq_layer_indices, load_config, to_yaml
+from mta.config import ConfigError, kq_layer_indices, load_config, resume_diff, to_dict, to_yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 # Run configs; configs/sweeps and configs/eval hold sweep and suite files, tested with their tools.
@@ -102,3 +103,75 @@ def test_kq_layer_specs():
     for bad in ([24], [1, 1], "some", {"every": 0}):
         with pytest.raises(ConfigError, match="kq_layers"):
             kq_layer_indices(bad, 24)
+
+
+# The data section of a workdir's config.yaml as written before the task registry: task settings
+# in an untyped `params` mapping (and `block` always present), members likewise.
+LEGACY_DATA = """
+data:
+  task: {task}
+  data_dir: ~/tensorflow_datasets
+  seq_len: 512
+  packing: pack
+  too_long: drop
+  block: {{n: 5, l: 2, variant: all, length: 319, num_blocks: 0, num_train: 100000,
+    num_validation: 1000, num_test: 1000, seed: 0}}
+  params: {params}
+  mixture: {mixture}
+"""
+LEGACY_MEMBERS = (
+    "[{task: mqar, weight: 2.0, params: {num_pairs: 4, key_len: 2, length: 128}, block: {n: 5, "
+    "l: 2, variant: all, length: 319, num_blocks: 0, num_train: 100000, num_validation: 1000, "
+    "num_test: 1000, seed: 0}}, {task: block, weight: 1.0, params: {}, block: {n: 5, l: 2, "
+    "variant: last, length: 64, num_blocks: 0, num_train: 500, num_validation: 10, num_test: 10,"
+    " seed: 0}}]"
+)
+
+
+def legacy_workdir_config(tmp_path, task="niah", params="{num_needles: 4, length: 1024}"):
+    """config.yaml of a run saved before the registry: today's resolved config with the data
+    section in the old form."""
+    saved = yaml.safe_load(to_yaml(load_config("configs/toy/block_mta_cpu.yaml")))
+    mixture = LEGACY_MEMBERS if task == "mix" else "[]"
+    saved["data"] = yaml.safe_load(LEGACY_DATA.format(task=task, params=params, mixture=mixture))[
+        "data"
+    ]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(saved, sort_keys=False))
+    return path, saved
+
+
+def test_a_config_yaml_written_before_the_registry_loads_and_resumes(tmp_path):
+    path, saved = legacy_workdir_config(tmp_path)
+    cfg = load_config(path)
+    assert (cfg.data.niah.num_needles, cfg.data.niah.length, cfg.data.niah.num_asked) == (
+        4,
+        1024,
+        1,
+    )
+    assert resume_diff(saved, to_dict(cfg)) == []  # the same run: resuming is allowed
+    changed = load_config(path, ["data.niah.length=2048"])
+    assert resume_diff(saved, to_dict(changed)) == ["data.niah.length: 1024 -> 2048"]
+
+    path, saved = legacy_workdir_config(tmp_path, "mix", "{}")
+    cfg = load_config(path)
+    assert [m.task for m in cfg.data.mixture] == ["mqar", "block"]
+    assert cfg.data.mixture[0].mqar.num_pairs == 4 and cfg.data.mixture[0].mqar.value_len == 3
+    assert cfg.data.mixture[1].block.variant == "last" and cfg.data.mixture[1].weight == 1.0
+    assert resume_diff(saved, to_dict(cfg)) == []
+    assert resume_diff(saved, to_dict(load_config(path, ["data.mixture.0.mqar.length=256"])))
+
+
+@pytest.mark.parametrize(
+    "task, params, expected",
+    [
+        ("niah", "{needles: 4}", "data.params of task niah: unknown parameter 'needles'; allowed"),
+        ("niah", "{num_asked: 5}", "data.niah: num_asked must be between 1 and 2, got 5"),
+        ("mix", "{length: 5}", "data.params: not used with data.task: mix"),
+    ],
+)
+def test_a_bad_legacy_config_yaml_is_one_line(tmp_path, task, params, expected):
+    path, _ = legacy_workdir_config(tmp_path, task, params)
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert expected in str(error.value) and "\n" not in str(error.value)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mta.cli import config_docs as config_docs_cli
-from mta.config import Config
+from mta.config import TASKS, Config
 
 ROOT = Path(__file__).resolve().parents[1]
 LINK = re.compile(r'!?\[[^\]]*\]\(([^)\s]+)(?:\s+"[^"]*")?\)')
@@ -25,19 +25,28 @@ def config_docs():
     return config_docs_cli
 
 
-def leaf_keys(cls, prefix: str = "") -> list[str]:
-    """Every dotted key of a config dataclass whose value is not itself a dataclass; the fields
-    of the dataclass X of a `list[X]` field as `key[i].field`."""
-    keys = []
-    for f in dataclasses.fields(cls):
+def leaf_keys(cls, prefix: str = "", seen: set | None = None) -> list[str]:
+    """Every dotted key of a config dataclass whose value is not itself a dataclass, lists of
+    dataclasses last; the fields of the dataclass X of a `list[X]` field as `key[i].field`,
+    but for a section whose dataclass was listed before (a task's, listed under data.<task>)."""
+    keys, seen = [], set() if seen is None else seen
+    fields = dataclasses.fields(cls)
+    lists = [
+        f
+        for f in fields
+        if typing.get_origin(f.type) is list
+        and dataclasses.is_dataclass(typing.get_args(f.type)[0])
+    ]
+    for f in [f for f in fields if f not in lists] + lists:
         value = getattr(cls(), f.name)
         if dataclasses.is_dataclass(value):
-            keys += leaf_keys(type(value), f"{prefix}{f.name}.")
+            if "[i]" not in prefix or type(value) not in seen:
+                seen.add(type(value))
+                keys += leaf_keys(type(value), f"{prefix}{f.name}.", seen)
             continue
         keys.append(f"{prefix}{f.name}")
-        element = typing.get_args(f.type)[0] if typing.get_origin(f.type) is list else None
-        if dataclasses.is_dataclass(element):
-            keys += leaf_keys(element, f"{prefix}{f.name}[i].")
+        if f in lists:
+            keys += leaf_keys(typing.get_args(f.type)[0], f"{prefix}{f.name}[i].", seen)
     return keys
 
 
@@ -54,7 +63,13 @@ def test_configs_md_lists_every_key_with_its_default(config_docs):
     assert config_docs.keys_of(text) == leaf_keys(Config)
     assert "| `model.attention.kq_pre.c_k` | `int` | `11` | > 0 | key taps" in text
     assert "| `mesh.rules` | `dict[str, Any]` | `{embed: fsdp, " in text
-    assert "| `data.block.l` | `int` | `2` | > 0 | query letters |" in text  # the noqa is dropped
+    assert "| `data.block.l` | `int` | `2` | between 1 and 5 | query letters |" in text  # no noqa
+    for task in TASKS:  # every task's settings, once: a mixture member's section names them
+        assert f"| `data.{task}.seed` | `int` | `0` | >= 0 |" in text
+        assert (
+            f"| `data.mixture[i].{task}` |" in text and f"`data.mixture[i].{task}.seed`" not in text
+        )
+    assert "| `data.niah.haystack` | `str` | `noise` | one of noise, distractors, text |" in text
 
 
 def test_a_field_without_a_comment_is_an_error(config_docs, capsys, monkeypatch):

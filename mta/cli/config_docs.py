@@ -3,14 +3,17 @@
     python scripts/config_docs.py            # (re)writes docs/configs.md
     python scripts/config_docs.py --check    # exit 1 if docs/configs.md is out of date
 
-The meanings are the comments beside (or directly above) each field in mta/config.py, so the
-schema stays the one source of truth; a field without a comment is an error (exit 2). Types are
-the annotations as written, defaults those of `Config()`, allowed values the validation tables
-(`CHOICES`, `POSITIVE`, `NON_NEGATIVE`) of mta/config.py.
+The meanings are the comments beside (or directly above) each field in mta/config.py and, for
+the task sections `data.<task>`, in the task's module of mta/data/tasks/, so the schema stays
+the one source of truth; a field without a comment is an error (exit 2). Types are the
+annotations as written, defaults those of `Config()`, allowed values what `validate` says when
+probed with bad values. The members of a list (`data.mixture[i]`) list only their own keys: a
+section already listed (a task's settings) is named, not repeated.
 """
 
 import ast
 import dataclasses
+import inspect
 import io
 import re
 import sys
@@ -24,6 +27,7 @@ from mta import config as config_module
 from mta.cli.args import command_parser
 
 REPO = Path(__file__).resolve().parents[2]  # a checkout: this command maintains its docs/
+
 OUTPUT = REPO / "docs" / "configs.md"
 COMMAND = "python scripts/config_docs.py"
 NOQA = re.compile(r"^noqa(:\s*[A-Z]+[0-9]+(,\s*[A-Z]+[0-9]+)*)?\s*")
@@ -103,7 +107,12 @@ def _rejection(key: str, value) -> str | None:
         setattr(node, name, value)
         config_module.validate(cfg)
     except config_module.ConfigError as err:
-        return str(err) if str(err).startswith(f"{key}:") else None
+        parent = key.rsplit(".", 1)[0]
+        named = (
+            f"{key}:",
+            f"{parent}: {name} ",
+        )  # a task's check names the field after its section
+        return str(err) if str(err).startswith(named) else None
     except Exception:  # a key inside a list, or a value the checks cannot compare
         return None
     return None
@@ -116,16 +125,30 @@ def allowed(key: str, default) -> str:
         message = _rejection(key, value)
         for marker in ("allowed: ", "must be "):
             if message and marker in message:
-                return message.split(marker, 1)[1]
+                return message.split(marker, 1)[1].split(", got ")[0]
     return ""
 
 
-def collect(cls, instance, docs: dict, prefix: str = "") -> tuple[list[dict], list[dict]]:
+def _doc(cls, name: str, docs: dict) -> dict:
+    """The doc of field (or "__doc__") `name` of `cls`, from the class that defines it."""
+    for klass in cls.__mro__:
+        if (klass.__name__, name) in docs:
+            return docs[(klass.__name__, name)]
+    return {}
+
+
+def collect(
+    cls, instance, docs: dict, prefix: str = "", seen: dict | None = None
+) -> tuple[list[dict], list[dict]]:
     """(sections, keys) below a config dataclass: a section per nested dataclass field, a key
-    per leaf field, in declaration order. MissingComment names every field without a meaning."""
+    per leaf field, in declaration order; inside a list's element, a section whose dataclass is
+    listed already (in `seen`: class -> key) is named, not repeated. MissingComment names every
+    field without a meaning."""
     sections, keys, missing = [], [], []
-    for f in dataclasses.fields(cls):
-        key, doc = f"{prefix}{f.name}", docs.get((cls.__name__, f.name), {})
+    seen = {} if seen is None else seen
+    fields = sorted(dataclasses.fields(cls), key=lambda f: _list_element(f.type) is not None)
+    for f in fields:  # lists last, so that their elements can name sections listed before
+        key, doc = f"{prefix}{f.name}", _doc(cls, f.name, docs)
         value = getattr(instance, f.name)
         meaning = doc.get("meaning")
         element = _list_element(f.type)
@@ -138,9 +161,17 @@ def collect(cls, instance, docs: dict, prefix: str = "") -> tuple[list[dict], li
         nested = [(key, value)] if dataclasses.is_dataclass(value) else []
         nested += [(f"{key}[i]", element())] if element else []
         for sub_key, sub_value in nested:
-            sections.append({"key": sub_key, "meaning": _section_meaning(meaning, sub_value, docs)})
+            meaning_of = _section_meaning(meaning, sub_value, docs)
+            if "[i]" in sub_key and type(sub_value) in seen:
+                meaning_of += f" Same keys as `{seen[type(sub_value)]}`."
+                sections.append({"key": sub_key, "meaning": meaning_of})
+                continue
+            seen.setdefault(type(sub_value), sub_key)
+            sections.append({"key": sub_key, "meaning": meaning_of})
             try:
-                sub_sections, sub_keys = collect(type(sub_value), sub_value, docs, f"{sub_key}.")
+                sub_sections, sub_keys = collect(
+                    type(sub_value), sub_value, docs, f"{sub_key}.", seen
+                )
             except MissingComment as err:
                 missing.append(str(err))
                 continue
@@ -159,7 +190,7 @@ def _list_element(annotation):
 
 def _section_meaning(comment: str | None, value, docs: dict) -> str:
     """A section's description: the field's comment, then its class's docstring."""
-    parts = [comment, docs.get((type(value).__name__, "__doc__"), {}).get("meaning")]
+    parts = [comment, _doc(type(value), "__doc__", docs).get("meaning")]
     text = ". ".join(p[0].upper() + p[1:].rstrip(".") for p in parts if p) + "."
     return " ".join(text.split())
 
@@ -175,7 +206,8 @@ def _code(text: str) -> str:
 
 HEADER = f"""# Config keys
 
-Generated from the dataclasses of [`mta/config.py`](../mta/config.py) by
+Generated from the dataclasses of [`mta/config.py`](../mta/config.py) and of the task modules
+in [`mta/data/tasks/`](../mta/data/tasks) (the sections `data.<task>`) by
 `{COMMAND}`: do not edit by hand. The meanings are the comments beside each
 field there: edit those and regenerate (`tests/test_docs.py` fails while this file is out of
 date).
@@ -188,10 +220,25 @@ key (exit code 2).
 """
 
 
+def _task_sources() -> list[str]:
+    """The sources of the modules defining the task settings (and their bases)."""
+    modules = {
+        klass.__module__
+        for task in config_module.TASKS.values()
+        for klass in task.settings.__mro__
+        if klass is not object
+    }
+    return [inspect.getsource(sys.modules[name]) for name in sorted(modules)]
+
+
 def render(source: str | None = None) -> str:
-    """The text of docs/configs.md for the config module's source (default: the current one)."""
+    """The text of docs/configs.md for the config module's source (default: the current one)
+    and the task modules' sources."""
     source = source if source is not None else Path(config_module.__file__).read_text()
-    sections, keys = collect(config_module.Config, config_module.Config(), field_docs(source))
+    docs = {}
+    for text in [*_task_sources(), source]:
+        docs |= field_docs(text)
+    sections, keys = collect(config_module.Config, config_module.Config(), docs)
     lines = [HEADER, "## Sections", "", "| section | what it holds |", "|---|---|"]
     lines += [f"| `{s['key']}` | {_cell(s['meaning'])} |" for s in sections]
     lines += ["", "## Keys", "", "| key | type | default | allowed | meaning |", "|" + "---|" * 5]

@@ -33,7 +33,7 @@ import re
 import numpy as np
 
 from mta.data import text_corpus
-from mta.data.block_task import check_int
+from mta.data.checks import check_int
 
 TASKS = (1, 2, 3, 4, 5)
 ACTORS = ("Mary", "John", "Sandra", "Daniel")

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from mta.data import tokenizer
+from mta.data.checks import check_choice, check_int
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 VARIANTS = ("all", "first", "last")
@@ -23,21 +24,10 @@ _HASH = ord("#")
 _LETTER_BITS = np.left_shift(1, np.arange(len(ALPHABET), dtype=np.int64))
 
 
-def check_int(name: str, value: object, low: int, high: int | None = None) -> int:
-    """Returns `value` as an int; ValueError naming `name` unless it is an int in [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if value < low or (high is not None and value > high):
-        allowed = f"between {low} and {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
-    return int(value)
-
-
 def _check_task(n: int, l: int, variant: str) -> None:
     check_int("n", n, 1, len(ALPHABET))
     check_int("l", l, 1, n)
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    check_choice("variant", variant, VARIANTS)
 
 
 def _max_blocks(n: int, l: int) -> int:
@@ -94,6 +84,19 @@ def blocks_for_length(n: int, l: int, variant: str, length: int = DEFAULT_LENGTH
             f"{example_length(n, l, variant, 2)} for n={n}, l={l}, variant={variant!r}"
         )
     return num_blocks
+
+
+def check_block_task(n: int, l: int, variant: str, length: int, num_blocks: int | None) -> None:
+    """ValueError with a clear message unless the parameters make a valid task (num_blocks None:
+    as many as fit in `length`)."""
+    max_blocks = blocks_for_length(n, l, variant, length)
+    if num_blocks is not None:
+        check_num_blocks(n, l, num_blocks)
+        if num_blocks > max_blocks:
+            raise ValueError(
+                f"num_blocks={num_blocks} does not fit in length={length}: at most "
+                f"{max_blocks} blocks fit for n={n}, l={l}, variant={variant!r}"
+            )
 
 
 def _draw_blocks(rng: np.random.Generator, count: int, n: int) -> np.ndarray:

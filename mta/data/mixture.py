@@ -1,18 +1,22 @@
-"""Training on a weighted mixture of tasks (`data.task: mix`).
+"""The records the pipeline reads: one `MixtureSource` of the configured task(s), a single task
+being a mixture of one; and training on a weighted mixture of tasks (`data.task: mix`).
 
     data:
       task: mix
       seq_len: 512
       packing: pack
       mixture:
-        - {task: mqar, weight: 0.4, params: {num_pairs: 8, length: 256}}
-        - {task: niah, weight: 0.3, params: {num_needles: 1, length: 300}}
+        - {task: mqar, weight: 0.4, mqar: {num_pairs: 8, length: 256}}
+        - {task: niah, weight: 0.3, niah: {num_needles: 1, length: 300}}
         - {task: block, weight: 0.3, block: {n: 5, num_blocks: 5}}
 
 Each member is its own TFDS build, exactly as if it were `data.task`, read with the mixture's
 seq_len, packing and too_long. The members' splits are read as one `MixtureSource`, in which key
 offsets[m] + i is record i of member m, so the rest of the pipeline (padding, packing, process
-shares) treats a mixture like a single task.
+shares) reads every config the same way.
+
+A source of one member streams its records reshuffled every epoch, exactly as a single task
+always has (so runs resume onto the same batches).
 
 The training stream of keys (`index_stream`) interleaves the members' shuffled, repeated streams
 with grain's `MapDataset.mix` in proportion to the weights, then shuffles within windows of
@@ -27,27 +31,52 @@ exactly, so they would only add a floor to the exact-match error (their loss is 
 loss, and `scripts/eval.py --suite` measures perplexity). Per-task results come from the suite.
 """
 
-import dataclasses
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import grain
 import numpy as np
 
 from mta.config import DataConfig
+from mta.data.tasks import TASKS, Task
 
 WINDOW = 1024  # keys shuffled together after mixing
 
 
-def member_configs(cfg: DataConfig) -> list[DataConfig]:
-    """Each member of `cfg.mixture` as a single-task DataConfig with the mixture's data_dir,
-    seq_len, packing and too_long."""
+class Member(NamedTuple):
+    """One task read by the pipeline: its config `key` (data or data.mixture[i]), registry
+    entry, settings and weight."""
+
+    key: str
+    task: Task
+    settings: Any
+    weight: float
+
+
+def members(cfg: DataConfig) -> list[Member]:
+    """The tasks of a data config: [data.task with its section data.<task>], or with task mix
+    every member of data.mixture with its section data.mixture[i].<task>."""
+    if cfg.task != "mix":
+        return [Member("data", TASKS[cfg.task], getattr(cfg, cfg.task), 1.0)]
     return [
-        dataclasses.replace(cfg, task=m.task, params=dict(m.params), block=m.block, mixture=[])
-        for m in cfg.mixture
+        Member(f"data.mixture[{i}]", TASKS[m.task], getattr(m, m.task), m.weight)
+        for i, m in enumerate(cfg.mixture)
     ]
 
 
-class MixtureSource:
+class Source:
+    """Base of the pipeline's random-access sources: subclasses define __len__, __getitem__."""
+
+    def __getitems__(self, keys) -> list:
+        """The records of `keys`, in order."""
+        return [self[key] for key in keys]
+
+    def index_stream(self, seed: int) -> grain.MapDataset:
+        """Infinite MapDataset of this source's keys, reshuffled every epoch from `seed`."""
+        return grain.MapDataset.range(len(self)).seed(seed).shuffle().repeat()
+
+
+class MixtureSource(Source):
     """The records of several sources as one random-access source: key offsets[m] + i is
     record i of sources[m]. `tasks`, `names` and `weights` describe the members."""
 
@@ -86,6 +115,10 @@ class MixtureSource:
                 records[position] = record
         return records
 
+    def index_stream(self, seed: int) -> grain.MapDataset:
+        """See the module function `index_stream`."""
+        return index_stream(self, seed)
+
 
 def _seed(seed: int, stream: int) -> int:
     """A 31-bit seed of substream `stream` of `seed` (grain adds the epoch or window to it)."""
@@ -94,7 +127,10 @@ def _seed(seed: int, stream: int) -> int:
 
 def index_stream(source: MixtureSource, seed: int) -> grain.MapDataset:
     """Infinite MapDataset of keys of `source`: member m's records reshuffled every epoch, the
-    members mixed in proportion to their weights, shuffled within windows of WINDOW keys."""
+    members mixed in proportion to their weights, shuffled within windows of WINDOW keys (one
+    member: its records reshuffled every epoch, nothing else)."""
+    if len(source.sources) == 1:
+        return Source.index_stream(source, seed)
     bounds = source.offsets.tolist()  # member m's keys: bounds[m] .. bounds[m + 1] - 1
     streams = [
         grain.MapDataset.range(bounds[m], bounds[m + 1]).seed(_seed(seed, m)).shuffle().repeat()
@@ -109,13 +145,14 @@ def index_stream(source: MixtureSource, seed: int) -> grain.MapDataset:
 
 
 def eval_ranges(source: MixtureSource, num_examples: int) -> list[range]:
-    """Per evaluated member (all but text, unless all are text), the keys of its first
-    round(num_examples * weight / their sum of weights) records (at least one, at most all)."""
-    members = [m for m, task in enumerate(source.tasks) if task != "text"]
-    members = members or list(range(len(source.sources)))
-    total = sum(source.weights[m] for m in members)
+    """Per evaluated member (all but document tasks like text, unless all are), the keys of
+    its first round(num_examples * weight / their sum of weights) records (at least one, at
+    most all)."""
+    chosen = [m for m, task in enumerate(source.tasks) if not TASKS[task].documents]
+    chosen = chosen or list(range(len(source.sources)))
+    total = sum(source.weights[m] for m in chosen)
     ranges = []
-    for member in members:
+    for member in chosen:
         start, size = int(source.offsets[member]), len(source.sources[member])
         count = min(size, max(1, round(num_examples * source.weights[member] / total)))
         ranges.append(range(start, start + count))

@@ -24,7 +24,7 @@ answer_mask is 1 exactly on the value bytes of the query slots (num_pairs * valu
 import numpy as np
 
 from mta.data import tokenizer
-from mta.data.block_task import check_int
+from mta.data.checks import check_int
 
 DEFAULT_ALPHA = 0.01
 _LETTERS = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", np.uint8)

@@ -28,7 +28,7 @@ len(prompt) + len(answer) == length exactly (bytes, all ASCII): the filler is cu
 import numpy as np
 
 from mta.data import text_corpus
-from mta.data.block_task import check_int
+from mta.data.checks import check_choice, check_int
 
 HAYSTACKS = ("noise", "distractors", "text")
 DEFAULT_DEPTHS = (0, 25, 50, 75, 100)
@@ -91,8 +91,7 @@ def check_niah(
     check_int("num_needles", num_needles, 1)
     check_int("num_asked", num_asked, 1, num_needles)
     check_int("num_distractors", num_distractors, 0)
-    if haystack not in HAYSTACKS:
-        raise ValueError(f"haystack must be one of {HAYSTACKS}, got {haystack!r}")
+    check_choice("haystack", haystack, HAYSTACKS)
     if haystack == "distractors" and num_distractors < 1:
         raise ValueError("haystack='distractors' needs num_distractors >= 1")
     if haystack != "distractors" and num_distractors:

@@ -10,14 +10,15 @@ Training data comes from a shuffled, repeated grain dataset whose iterator state
 every checkpoint, so a resumed run sees exactly the batches it would have seen. Each process
 reads only its own share: rows p, p + P, ... of every global batch when padding, the records
 p, p + P, ... of the shuffled stream when packing. `data.task: mix` trains on a weighted mixture
-of tasks read as one source (see `mixture`).
+of tasks; every config is read as one `mixture.MixtureSource` (a single task: a mixture of
+one), so nothing below `split_source` knows which it is. The tasks come from the registry
+(`mta/data/tasks`): each names its TFDS config function, its build and its settings.
 
 Opening a split counts its examples longer than seq_len from the records' token counts (cached
 beside the build): process 0 prints one warning line if there are any, and a split whose every
 example would be dropped is a ConfigError rather than a run without data.
 """
 
-import inspect
 import os
 import sys
 
@@ -27,30 +28,18 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from mta.config import ConfigError, DataConfig
-from mta.data import block_task, mixture, text_corpus
+from mta.data import mixture
+from mta.data.mixture import Member
 from mta.data.tokenizer import PAD
 
 FIELDS = ("inputs", "targets", "weights")
 
 
-def _builders():
-    """task -> (make builder config from params, prepare): imported late, they register TFDS."""
-    from mta.data import tfds_babi, tfds_block_task, tfds_mqar, tfds_niah, tfds_text, tfds_vartrack
-
-    return {
-        "block": (tfds_block_task.block_task_config, tfds_block_task.prepare_block_task),
-        "mqar": (tfds_mqar.mqar_config, tfds_mqar.prepare_mqar),
-        "niah": (tfds_niah.niah_config, tfds_niah.prepare_niah),
-        "babi": (tfds_babi.babi_config, tfds_babi.prepare_babi),
-        "vartrack": (tfds_vartrack.vartrack_config, tfds_vartrack.prepare_vartrack),
-        "text": (tfds_text.text_config, tfds_text.prepare_text),
-    }
-
-
-def prepare(cfg: DataConfig):
-    """Builds (once) and returns the TFDS builder of the configured task (of a mixture: the
-    list of its members' builders). With several processes, process 0 builds while the others
-    wait, then they all open the build. ConfigError for bad task parameters or a bad corpus."""
+def prepare(cfg: DataConfig) -> list:
+    """Builds (once) and returns the TFDS builders of the configured task(s): one per member of
+    `mixture.members(cfg)` (a single task is one). With several processes, process 0 builds
+    while the others wait, then they all open the build. ConfigError for impossible task
+    settings or a bad corpus."""
     if jax.process_count() == 1:
         return _prepare(cfg)
     if jax.process_index() == 0:
@@ -59,91 +48,48 @@ def prepare(cfg: DataConfig):
     return _prepare(cfg)
 
 
-def _prepare(cfg: DataConfig):
-    if cfg.task != "mix":
-        return _prepare_task(cfg, "data")
-    members = mixture.member_configs(cfg)
-    return [_prepare_task(member, f"data.mixture[{i}]") for i, member in enumerate(members)]
+def _prepare(cfg: DataConfig) -> list:
+    return [_prepare_member(cfg, member) for member in mixture.members(cfg)]
 
 
-def _prepare_task(cfg: DataConfig, key: str):
-    """Builds one task (at config key `key`: data or data.mixture[i]); counts the tokens of its
-    records when some could be longer than the rows."""
-    make_config, build = _builders()[cfg.task]
-    if cfg.task == "block":
-        where, params = f"{key}.block", _block_params(cfg)
-    else:
-        where, params = f"{key}.params of task {cfg.task}", cfg.params
-    allowed = list(inspect.signature(make_config).parameters)
-    unknown = [name for name in params if name not in allowed]
-    if unknown:
-        raise ConfigError(
-            f"{where}: unknown parameter {unknown[0]!r}; allowed: {', '.join(allowed)}"
-        )
+def _prepare_member(cfg: DataConfig, member: Member):
+    """Builds one task from its settings (at config key `member.key`.<task>); counts the
+    tokens of its records when some could be longer than the rows."""
+    where = f"{member.key}.{member.task.name}"
     try:
-        config = make_config(**params)
-    except (TypeError, ValueError) as err:
+        config = member.task.make_config(**member.settings.builder_params())
+        builder = member.task.prepare(config, os.path.expanduser(cfg.data_dir))
+    except (TypeError, ValueError) as err:  # CorpusError is a ValueError
         raise ConfigError(f"{where}: {' '.join(str(err).split())}") from None
-    try:
-        builder = build(config, os.path.expanduser(cfg.data_dir))
-    except text_corpus.CorpusError as err:
-        raise ConfigError(f"{where}: {' '.join(str(err).split())}") from None
-    if _can_be_too_long(cfg, key):
-        from mta.data import tfds_common
+    if _can_be_too_long(cfg, member):
+        from mta.data import tfds_common  # imports TFDS: only where a build is read
 
         for split in tfds_common.SPLITS:
             tfds_common.token_lengths(builder, split)
     return builder
 
 
-def _block_params(cfg: DataConfig) -> dict:
-    """The block task's builder parameters (num_blocks 0: as many as fit in length)."""
-    b = cfg.block
-    return {
-        "n": b.n,
-        "l": b.l,
-        "variant": b.variant,
-        "length": b.length,
-        "num_blocks": b.num_blocks or None,
-        "num_train": b.num_train,
-        "num_validation": b.num_validation,
-        "num_test": b.num_test,
-        "seed": b.seed,
-    }
+def _fixed_length(cfg: DataConfig, member: Member) -> int | None:
+    """The row length of a padded single task whose examples all have one length (block),
+    else None."""
+    if member.key != "data" or cfg.packing != "pad":
+        return None
+    return member.settings.example_length()
 
 
-def _can_be_too_long(cfg: DataConfig, key: str) -> bool:
-    """False for text (cut into chunks of the row length) and for the padded block task on its
-    own (its rows are as long as its examples)."""
-    if cfg.task == "text":
-        return False
-    return not (key == "data" and cfg.task == "block" and cfg.packing == "pad")
+def _can_be_too_long(cfg: DataConfig, member: Member) -> bool:
+    """False for documents (cut into chunks of the row length) and for a padded single task of
+    fixed-length examples (its rows are as long as its examples)."""
+    return not member.task.documents and _fixed_length(cfg, member) is None
 
 
 def sequence_length(cfg: DataConfig) -> int:
-    """Model input length T: `seq_len`, except for the padded block task, whose examples all
-    have one length (BOS + prompt + answer, minus the last token, which is only a target).
-    ValueError for a block task (also a mixture's) whose length fits no blocks."""
-    if cfg.task == "mix":
-        for index, member in enumerate(cfg.mixture):
-            if member.task == "block":
-                try:
-                    _block_example_length(member.block)
-                except ValueError as err:
-                    raise ValueError(f"mixture[{index}].block: {err}") from None
-        return cfg.seq_len
-    if cfg.task != "block" or cfg.packing == "pack":
-        return cfg.seq_len
-    return _block_example_length(cfg.block)
+    """Model input length T: `seq_len`, except for a padded single task whose examples all have
+    one length (block: BOS + prompt + answer, minus the last token, which is only a target)."""
+    return _fixed_length(cfg, mixture.members(cfg)[0]) or cfg.seq_len
 
 
-def _block_example_length(b) -> int:
-    """len(prompt) + len(answer) of the block task's examples (data.block or a member's)."""
-    num_blocks = b.num_blocks or block_task.blocks_for_length(b.n, b.l, b.variant, b.length)
-    return block_task.example_length(b.n, b.l, b.variant, num_blocks)
-
-
-class TextChunks:
+class TextChunks(mixture.Source):
     """A random-access view of a text split as chunks of at most `chunk_len` tokens (the last
     chunk of a document may be shorter). Indexing the chunks reads each record's length once."""
 
@@ -164,44 +110,42 @@ class TextChunks:
         end = start + self.chunk_len
         return {"tokens": item["tokens"][start:end], "answer_mask": item["answer_mask"][start:end]}
 
-    def __getitems__(self, indices):
-        return [self[i] for i in indices]
 
-
-def split_source(builder, cfg: DataConfig, split: str, seq_len: int):
-    """The records of a split (text as chunks of seq_len + 1 tokens; a mixture as one
-    `mixture.MixtureSource`). Process 0 warns (one line on stderr) about examples longer than
-    seq_len; ConfigError if every example of the split (of a member) would be dropped."""
-    if cfg.task != "mix":
-        source, counts = _open(builder, cfg, "data", split, seq_len)
-        _warn_too_long([counts] if counts else [], split, seq_len, cfg.too_long)
-        return source
-    members = mixture.member_configs(cfg)
+def split_source(builders: list, cfg: DataConfig, split: str, seq_len: int):
+    """The records of a split of the builders of `prepare`, as one `mixture.MixtureSource`
+    (documents as chunks of seq_len + 1 tokens). Process 0 warns (one line on stderr) about
+    examples longer than seq_len; ConfigError if every example of a member would be dropped."""
+    members = mixture.members(cfg)
     opened = [
-        _open(member_builder, member, f"data.mixture[{i}]", split, seq_len)
-        for i, (member_builder, member) in enumerate(zip(builder, members, strict=True))
+        _open(builder, cfg, member, split, seq_len)
+        for builder, member in zip(builders, members, strict=True)
     ]
     _warn_too_long([counts for _, counts in opened if counts], split, seq_len, cfg.too_long)
-    tasks = [member.task for member in members]
-    names = [f"{m.task}/{b.builder_config.name}" for m, b in zip(members, builder, strict=True)]
-    weights = [member.weight for member in cfg.mixture]
-    return mixture.MixtureSource([source for source, _ in opened], tasks, names, weights)
+    names = [
+        f"{m.task.name}/{b.builder_config.name}" for m, b in zip(members, builders, strict=True)
+    ]
+    return mixture.MixtureSource(
+        [source for source, _ in opened],
+        [member.task.name for member in members],
+        names,
+        [member.weight for member in members],
+    )
 
 
-def _open(builder, cfg: DataConfig, key: str, split: str, seq_len: int):
+def _open(builder, cfg: DataConfig, member: Member, split: str, seq_len: int):
     """(source, (name, too long, examples) or None) of one task's split; see split_source."""
     source = builder.as_data_source()[split]
-    if cfg.task == "text":
+    if member.task.documents:
         return TextChunks(source, seq_len + 1), None
-    if not _can_be_too_long(cfg, key):
+    if not _can_be_too_long(cfg, member):
         return source, None
     from mta.data import tfds_common
 
     lengths = tfds_common.token_lengths(builder, split)
     too_long = int(np.sum(lengths - 1 > seq_len))
-    name = f"{cfg.task}/{builder.builder_config.name}"
+    name = f"{member.task.name}/{builder.builder_config.name}"
     if too_long == len(lengths) and cfg.too_long == "drop":
-        where = "" if key == "data" else f" ({key})"
+        where = "" if member.key == "data" else f" ({member.key})"
         raise ConfigError(
             f"data.seq_len: every {split} example of {name}{where} is longer than {seq_len} "
             f"tokens (the shortest has {int(lengths.min()) - 1}), so data.too_long=drop would "
@@ -263,12 +207,10 @@ def read_batch(source, indices, seq_len: int, too_long: str = "drop") -> dict:
     return pad_batch([e if e is not None else empty for e in examples], seq_len)
 
 
-def index_stream(source, seed: int) -> grain.MapDataset:
+def index_stream(source: mixture.Source, seed: int) -> grain.MapDataset:
     """Infinite MapDataset of record indices of `source`, reshuffled every epoch from `seed`
     (a mixture's: its members mixed by weight, see `mixture.index_stream`)."""
-    if isinstance(source, mixture.MixtureSource):
-        return mixture.index_stream(source, seed)
-    return grain.MapDataset.range(len(source)).seed(seed).shuffle().repeat()
+    return source.index_stream(seed)
 
 
 def train_dataset(
@@ -304,10 +246,10 @@ def train_dataset(
     return packed.batch(local_batch, drop_remainder=True).map(_rename_packing_fields)
 
 
-def train_iterator(builder, cfg: DataConfig, seq_len: int, global_batch: int, seed: int):
-    """This process's iterator over train_dataset of the builder's train split: dicts of
+def train_iterator(builders: list, cfg: DataConfig, seq_len: int, global_batch: int, seed: int):
+    """This process's iterator over train_dataset of the builders' train split: dicts of
     [B / processes, T] arrays; grain-checkpointable (saved with the model)."""
-    source = split_source(builder, cfg, "train", seq_len)
+    source = split_source(builders, cfg, "train", seq_len)
     dataset = train_dataset(
         source, cfg, seq_len, global_batch, seed, jax.process_index(), jax.process_count()
     )
@@ -326,18 +268,17 @@ def _rename_packing_fields(batch: dict) -> dict:
     }
 
 
-def eval_batches(source, seq_len: int, num_examples: int, batch_size: int, too_long="drop"):
+def eval_batches(
+    source: mixture.MixtureSource, seq_len: int, num_examples: int, batch_size: int, too_long="drop"
+):
     """The first `num_examples` of a split in order, as padded batches (the last one smaller).
 
     A mixture is evaluated on every member (but text, whose chunks are never exact matches):
     its first round(num_examples * weight / sum of weights) examples (at least one), member
     after member, a batch never holding two members; so eval/* measure the mixture that is
-    trained on (see `mixture.eval_ranges`).
+    trained on (see `mixture.eval_ranges`). A single task: its first num_examples.
     """
-    if isinstance(source, mixture.MixtureSource):
-        ranges = mixture.eval_ranges(source, num_examples)
-    else:
-        ranges = [range(min(num_examples, len(source)))]
+    ranges = mixture.eval_ranges(source, num_examples)
     return [
         read_batch(source, keys[i : i + batch_size], seq_len, too_long)
         for keys in ranges

@@ -24,6 +24,8 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from mta.data.checks import check_fraction
+
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 CORPUS_HELP = (
     "expected a directory holding *.txt files (each file one document) and/or *.jsonl files "
@@ -138,6 +140,17 @@ def gap_offsets(filler: Sequence[str]) -> list[int]:
         offsets.append(offsets[-1] + len(piece) + 1)
     offsets[-1] -= 1
     return offsets
+
+
+def check_fractions(validation_fraction: float, test_fraction: float) -> None:
+    """ValueError unless both are in (0, 1) and leave documents for train (sum < 1)."""
+    check_fraction("validation_fraction", validation_fraction)
+    check_fraction("test_fraction", test_fraction)
+    if validation_fraction + test_fraction >= 1:
+        raise ValueError(
+            "validation_fraction + test_fraction must be < 1, got "
+            f"{validation_fraction} + {test_fraction}"
+        )
 
 
 def _check_corpus_dir(directory: str | Path) -> list[Path]:

@@ -39,15 +39,7 @@ class BlockTaskConfig(tfds_common.GeneratedTaskConfig):
     num_test: int = DEFAULT_NUM_TEST
 
     def check(self):
-        max_blocks = block_task.blocks_for_length(self.n, self.l, self.variant, self.length)
-        if self.num_blocks is not None:
-            block_task.check_num_blocks(self.n, self.l, self.num_blocks)
-            if self.num_blocks > max_blocks:
-                raise ValueError(
-                    f"num_blocks={self.num_blocks} does not fit in length={self.length}: at most "
-                    f"{max_blocks} blocks fit for n={self.n}, l={self.l}, "
-                    f"variant={self.variant!r}"
-                )
+        block_task.check_block_task(self.n, self.l, self.variant, self.length, self.num_blocks)
 
     @classmethod
     def name_parts(cls, p):

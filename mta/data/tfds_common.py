@@ -34,7 +34,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.utils import tqdm_utils
 
-from mta.data.block_task import check_int
+from mta.data.checks import check_int
 
 SPLITS = ("train", "validation", "test")
 
@@ -59,15 +59,6 @@ def format_value(value: Any) -> str:
 def config_name(head: str, options: Iterable[NameOption]) -> str:
     """`head` followed by `_{tag}{value}` for every option whose value is not its default."""
     return head + "".join(f"_{tag}{format_value(v)}" for tag, v, d in options if v != d)
-
-
-def check_fraction(name: str, value: object) -> float:
-    """Returns value as a float; ValueError unless it is a number strictly between 0 and 1."""
-    if isinstance(value, bool) or not isinstance(value, int | float | np.floating):
-        raise ValueError(f"{name} must be a number, got {value!r}")
-    if not 0 < value < 1:
-        raise ValueError(f"{name} must be strictly between 0 and 1, got {value}")
-    return float(value)
 
 
 # TFDS's BuilderConfig is a non-frozen dataclass, and a frozen dataclass cannot inherit from one,

@@ -39,13 +39,7 @@ class TextConfig(tfds_common.TaskConfig):
     def check(self):
         if self.manual_dir is not None and not isinstance(self.manual_dir, str):
             raise ValueError(f"manual_dir must be a path string or None, got {self.manual_dir!r}")
-        tfds_common.check_fraction("validation_fraction", self.validation_fraction)
-        tfds_common.check_fraction("test_fraction", self.test_fraction)
-        if self.validation_fraction + self.test_fraction >= 1:
-            raise ValueError(
-                "validation_fraction + test_fraction must be < 1, got "
-                f"{self.validation_fraction} + {self.test_fraction}"
-            )
+        text_corpus.check_fractions(self.validation_fraction, self.test_fraction)
 
     @classmethod
     def name_parts(cls, p):

@@ -25,7 +25,7 @@ see `text_corpus.prose_sentences`). len(prompt) + len(answer) == length exactly 
 import numpy as np
 
 from mta.data import text_corpus
-from mta.data.block_task import check_int
+from mta.data.checks import check_choice, check_int
 
 HAYSTACKS = ("noise", "text")
 NAME_LETTERS = 5
@@ -57,8 +57,7 @@ def check_vartrack(num_chains: int, num_hops: int, length: int, haystack: str) -
     check_int("num_chains", num_chains, 1, 1000)
     check_int("num_hops", num_hops, 1, 1000)
     check_int("length", length, 1)
-    if haystack not in HAYSTACKS:
-        raise ValueError(f"haystack must be one of {HAYSTACKS}, got {haystack!r}")
+    check_choice("haystack", haystack, HAYSTACKS)
     least = min_length(num_chains, num_hops)
     if length < least:
         raise ValueError(

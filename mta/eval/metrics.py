@@ -1,8 +1,8 @@
 """Pure metric functions of the evaluation suite: numpy arrays and strings in, numbers out.
 
 Teacher-forced metrics take per-token arrays of one example ([T], aligned with the targets);
-generation metrics take the generated text. `PRIMARY` names each task's headline metric (the one
-compared across runs and drawn in heatmaps).
+generation metrics take the generated text. Each evaluation's headline metric is its
+`Eval.primary` (mta/data/tasks; `mta.eval.suite.PRIMARY`).
 """
 
 import math
@@ -10,16 +10,6 @@ import string
 from collections.abc import Sequence
 
 import numpy as np
-
-PRIMARY = {
-    "block": "exact_match_error",  # % of examples with a wrong answer token (lower is better)
-    "niah": "recall",  # fraction of the asked values found in the output
-    "babi": "accuracy",
-    "mqar": "accuracy",  # fraction of queried values predicted exactly
-    "vartrack": "accuracy",  # fraction of examples whose output names every variable
-    "perplexity": "perplexity",
-    "niah_loglik": "top1",  # fraction of asked values ranked first among the candidates
-}
 
 
 def exact_match(correct_T: np.ndarray, mask_T: np.ndarray) -> bool:

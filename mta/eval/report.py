@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mta.eval.metrics import PRIMARY
+from mta.eval.suite import PRIMARY
 
 HEATMAPS = {  # task -> (grouping keys, y key, x key): one heatmap per group
     "niah": (("num_needles", "num_asked"), "length", "depth"),

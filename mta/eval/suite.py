@@ -23,176 +23,30 @@ from typing import Any
 
 import yaml
 
+from mta.data.tasks import EVALS
+from mta.data.tasks import TASKS as DATA_TASKS
+from mta.data.tasks.base import Cell, Spec
+
+__all__ = [
+    "PRIMARY",
+    "TASKS",
+    "Cell",
+    "Spec",
+    "Suite",
+    "SuiteError",
+    "builder_config",
+    "load_suite",
+]
+
 
 class SuiteError(ValueError):
     """A user error in a suite file: one line naming the file, the key and what is allowed."""
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One grid point: `coords` (what a results table shows, e.g. {"length": 1024}) and the
-    `source` task's TFDS config parameters `params` (without split sizes)."""
-
-    coords: dict
-    source: str
-    params: dict
-
-
-@dataclass(frozen=True)
-class Spec:
-    """Fields every setting has."""
-
-    num_examples: int | None = None  # None: the suite's num_examples
-    seed: int = 0  # the builder's seed (test examples are the same as training's test split)
-
-    def cells(self) -> list[Cell]:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True)
-class BlockSpec(Spec):
-    """The block task: exact-match error, teacher-forced, per variant and total length."""
-
-    n: int = 5
-    l: int = 2  # noqa: E741 (the paper's name)
-    variants: tuple[str, ...] = ("all",)
-    lengths: tuple[int, ...] = (319,)
-
-    def cells(self):
-        return [
-            Cell(
-                {"n": self.n, "l": self.l, "variant": v, "length": n},
-                "block",
-                {"n": self.n, "l": self.l, "variant": v, "length": n, "seed": self.seed},
-            )
-            for v in self.variants
-            for n in self.lengths
-        ]
-
-
-@dataclass(frozen=True)
-class NiahSpec(Spec):
-    """Multi-needle NIAH: (num_needles, num_asked) pairs x depths (percent) x lengths (bytes)."""
-
-    needles: tuple[tuple[int, int], ...] = ((1, 1),)
-    depths: tuple[int, ...] = (0, 25, 50, 75, 100)
-    lengths: tuple[int, ...] = (2048,)
-    haystack: str = "noise"
-    num_distractors: int = 0
-
-    def cells(self):
-        return [
-            Cell(
-                {"num_needles": k, "num_asked": r, "depth": d, "length": n},
-                "niah",
-                {
-                    "num_needles": k,
-                    "num_asked": r,
-                    "length": n,
-                    "depths": (d,),
-                    "haystack": self.haystack,
-                    "num_distractors": self.num_distractors,
-                    "seed": self.seed,
-                },
-            )
-            for k, r in self.needles
-            for n in self.lengths
-            for d in self.depths
-        ]
-
-
-@dataclass(frozen=True)
-class NiahLoglikSpec(NiahSpec):
-    """NIAH scored by log-likelihood: the true value ranked among `num_candidates` (the other
-    needles' values, then random 7-digit numbers)."""
-
-    num_candidates: int = 10
-
-
-@dataclass(frozen=True)
-class BabiSpec(Spec):
-    """BabiLong-style QA1-QA5 over filler lengths (bytes; 0 = the facts only)."""
-
-    tasks: tuple[int, ...] = (1, 2, 3, 4, 5)
-    lengths: tuple[int, ...] = (0,)
-
-    def cells(self):
-        return [
-            Cell({"qa": t, "length": n}, "babi", {"task": t, "length": n, "seed": self.seed})
-            for n in self.lengths
-            for t in self.tasks
-        ]
-
-
-@dataclass(frozen=True)
-class MqarSpec(Spec):
-    """Multi-query associative recall, teacher-forced on the values, across lengths."""
-
-    num_pairs: int = 16
-    key_len: int = 3
-    value_len: int = 3
-    alpha: float = 0.01
-    lengths: tuple[int, ...] = (1024,)
-
-    def cells(self):
-        fixed = {"num_pairs": self.num_pairs, "key_len": self.key_len}
-        fixed |= {"value_len": self.value_len, "alpha": self.alpha, "seed": self.seed}
-        return [
-            Cell({"num_pairs": self.num_pairs, "length": n}, "mqar", {**fixed, "length": n})
-            for n in self.lengths
-        ]
-
-
-@dataclass(frozen=True)
-class VartrackSpec(Spec):
-    """Variable tracking (greedy output must name every variable of the chain) across lengths."""
-
-    num_chains: int = 1
-    num_hops: int = 4
-    haystack: str = "noise"
-    lengths: tuple[int, ...] = (4096,)
-
-    def cells(self):
-        fixed = {"num_chains": self.num_chains, "num_hops": self.num_hops}
-        return [
-            Cell(
-                {**fixed, "length": n},
-                "vartrack",
-                {**fixed, "length": n, "haystack": self.haystack, "seed": self.seed},
-            )
-            for n in self.lengths
-        ]
-
-
-@dataclass(frozen=True)
-class PerplexitySpec(Spec):
-    """Perplexity by position bucket on the test split of a text corpus, cut into chunks of
-    seq_len + 1 tokens like the training pipeline. Bucket k: positions [buckets[k],
-    buckets[k+1]). num_examples counts chunks. manual_dir None: the bundled corpus."""
-
-    seq_len: int = 2048
-    buckets: tuple[int, ...] = (0, 512, 1024, 2048)
-    manual_dir: str | None = None
-
-    def cells(self):
-        return [
-            Cell(
-                {"seq_len": self.seq_len},
-                "text",
-                {"manual_dir": self.manual_dir, "seed": self.seed},
-            )
-        ]
-
-
-TASKS: dict[str, type[Spec]] = {
-    "block": BlockSpec,
-    "niah": NiahSpec,
-    "babi": BabiSpec,
-    "mqar": MqarSpec,
-    "vartrack": VartrackSpec,
-    "perplexity": PerplexitySpec,
-    "niah_loglik": NiahLoglikSpec,
-}
+# Evaluation name -> its settings dataclass (a `Spec`), from the task registry.
+TASKS: dict[str, type[Spec]] = {name: evaluation.spec for name, (_, evaluation) in EVALS.items()}
+# Evaluation name -> its headline metric (compared across runs and drawn in heatmaps).
+PRIMARY: dict[str, str] = {name: evaluation.primary for name, (_, evaluation) in EVALS.items()}
 
 
 @dataclass(frozen=True)
@@ -288,16 +142,11 @@ def _spec(task: str, raw: Any, where: str) -> Spec:
 
 
 def _check_spec(spec: Spec, where: str) -> None:
-    """Task-specific rules the builders do not check, then every grid point's builder config."""
-    if isinstance(spec, PerplexitySpec):
-        b = spec.buckets
-        if spec.seq_len < 1 or len(b) < 2 or list(b) != sorted(set(b)) or b[0] < 0:
-            raise SuiteError(
-                f"{where}: need seq_len >= 1 and buckets an increasing list of >= 2 positions "
-                f"from 0; got seq_len={spec.seq_len}, buckets={list(b)}"
-            )
-    if isinstance(spec, NiahLoglikSpec) and spec.num_candidates < 2:
-        raise SuiteError(f"{where}.num_candidates: must be >= 2, got {spec.num_candidates}")
+    """The setting's own rules (`Spec.check`), then every grid point's builder config."""
+    try:
+        spec.check()
+    except ValueError as err:
+        raise SuiteError(f"{where}: {' '.join(str(err).split())}") from None
     for cell in spec.cells():
         try:
             builder_config(cell, 1)
@@ -307,19 +156,12 @@ def _check_spec(spec: Spec, where: str) -> None:
 
 def builder_config(cell: Cell, num_examples: int):
     """The TFDS config of a cell with `num_examples` test examples (one train and validation
-    example: only the test split is read). ValueError if the parameters are impossible."""
-    from mta.data import tfds_babi, tfds_block_task, tfds_mqar, tfds_niah, tfds_text, tfds_vartrack
-
-    if cell.source == "text":
-        return tfds_text.text_config(**cell.params)
-    make = {
-        "block": tfds_block_task.block_task_config,
-        "niah": tfds_niah.niah_config,
-        "babi": tfds_babi.babi_config,
-        "mqar": tfds_mqar.mqar_config,
-        "vartrack": tfds_vartrack.vartrack_config,
-    }[cell.source]
-    return make(**cell.params, num_train=1, num_validation=1, num_test=num_examples)
+    example: only the test split is read; documents keep their split fractions). ValueError if
+    the parameters are impossible."""
+    task = DATA_TASKS[cell.source]
+    if task.documents:
+        return task.make_config(**cell.params)
+    return task.make_config(**cell.params, num_train=1, num_validation=1, num_test=num_examples)
 
 
 def load_suite(path: str | Path) -> Suite:

@@ -42,7 +42,7 @@ def corpus(root: Path, files: dict) -> str:
 
 
 def text_task(directory) -> list[str]:
-    return ["data.task=text", "data.seq_len=64", f"data.params.manual_dir={directory}"]
+    return ["data.task=text", "data.seq_len=64", f"data.text.manual_dir={directory}"]
 
 
 def assert_one_error_line(result, *expected):
@@ -56,7 +56,7 @@ def assert_one_error_line(result, *expected):
 @pytest.mark.parametrize(
     "case, expected",
     [
-        ("missing", ["data.params of task text: text corpus dir", "does not exist", "*.txt"]),
+        ("missing", ["data.text: text corpus dir", "does not exist", "*.txt"]),
         ("empty", ["text corpus dir", "has no .txt or .jsonl file: expected a directory"]),
         ("one_document", ["has 1 non-empty documents: too few", "at least 3"]),
         ("bad_jsonl", ["lines.jsonl:2: not valid JSON"]),
@@ -81,15 +81,20 @@ def test_bad_corpus_directories(tiny_overrides, tmp_path, case, expected):
     [
         (["data.task=nosuch"], ["data.task: got 'nosuch'; allowed: block, mqar", "mix"]),
         (
-            ["data.task=mqar", "data.params.bogus=1"],
-            ["data.params of task mqar: unknown parameter 'bogus'; allowed: num_pairs, key_len"],
+            ["data.task=mqar", "data.mqar.bogus=1"],
+            ["unknown key 'data.mqar.bogus'; allowed here: num_train", "num_pairs, key_len"],
         ),
+        (
+            ["data.task=mqar", "data.params.bogus=1"],  # the form written before the registry
+            ["data.params of task mqar: unknown parameter 'bogus'; allowed: num_train"],
+        ),
+        (["data.task=mqar", "data.mqar.key_len=9"], ["data.mqar: key_len must be between 1 and 8"]),
         (
             ["data.task=mix", "data.mixture=[{task: mqar}, {task: nosuch, weight: 1}]"],
             ["data.mixture[1].task: got 'nosuch'; allowed: block, mqar"],
         ),
         (
-            ["data.task=mqar", "data.seq_len=16", f"data.params={SMALL_MQAR}"],
+            ["data.task=mqar", "data.seq_len=16", f"data.mqar={SMALL_MQAR}"],
             ["data.seq_len: every train example of mqar/", "data.too_long=truncate"],
         ),
     ],

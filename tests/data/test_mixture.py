@@ -15,9 +15,9 @@ WEIGHTS = (0.5, 0.3, 0.2)
 SPLITS = "num_validation: 20, num_test: 20"
 MIXTURE = (
     "data.mixture=["
-    f"{{task: mqar, weight: {WEIGHTS[0]}, params: {{num_pairs: 4, key_len: 2, value_len: 2, "
+    f"{{task: mqar, weight: {WEIGHTS[0]}, mqar: {{num_pairs: 4, key_len: 2, value_len: 2, "
     f"length: 64, num_train: 500, {SPLITS}}}}}, "
-    f"{{task: niah, weight: {WEIGHTS[1]}, params: {{num_needles: 1, length: 200, num_train: 300, "
+    f"{{task: niah, weight: {WEIGHTS[1]}, niah: {{num_needles: 1, length: 200, num_train: 300, "
     f"{SPLITS}}}}}, "
     f"{{task: block, weight: {WEIGHTS[2]}, block: {{num_blocks: 4, num_train: 2000, "
     "num_validation: 64, num_test: 64}}]"
@@ -76,8 +76,11 @@ def segments(batch):
         (["data.mixture=[{task: mqar, weight: -1}]"], "data.mixture[0].weight: got -1.0; must be"),
         (["data.mixture=[]"], "data.mixture: empty; data.task: mix needs a list of members"),
         (["data.mixture=[{task: mqar, wieght: 1}]"], "data.mixture[0]: unknown key 'wieght'"),
-        (["data.mixture=[{task: block, params: {n: 3}}]"], "data.mixture[0].params: the block"),
-        (["data.mixture=[{task: niah, block: {n: 3}}]"], "data.mixture[0].block: only the block"),
+        (["data.mixture=[{task: mqar, params: {n: 3}}]"], "[0].params of task mqar: unknown param"),
+        (["data.mixture=[{task: niah, block: {n: 3}}]"], "[0].block: set, but this member's task"),
+        (["data.mixture=[{task: niah, niah: {bogus: 3}}]"], "[0].niah: unknown key 'bogus'"),
+        (["data.mixture=[{task: niah, niah: {length: 9}}]"], "[0].niah: length=9 is too short"),
+        (["data.mixture=[{task: babi, params: {task: 9}}]"], "[0].babi: task must be between 1"),
         (["data.mixture=mqar"], "data.mixture must be a list of members"),
         (["data.mixture=[{task: mqar}]", "data.mixture.3.weight=1"], "data.mixture[3]: no such"),
         (["data.task=mqar", "data.mixture=[{task: mqar}]"], "data.mixture: set, but data.task"),
@@ -93,15 +96,21 @@ def test_an_override_changes_one_member(data_dir):
     cfg = mix_config(data_dir, "data.mixture.1.weight=2", "data.mixture.2.block.num_blocks=3")
     assert [m.weight for m in cfg.mixture] == [0.5, 2.0, 0.2]
     assert cfg.mixture[2].block.num_blocks == 3 and cfg.mixture[2].block.num_train == 2000
-    assert cfg.mixture[0].params["length"] == 64
+    assert cfg.mixture[0].mqar.length == 64
+    legacy = mix_config(data_dir, "data.mixture.0.params.length=80")  # a pre-registry override
+    assert legacy.mixture[0].mqar.length == 80 and legacy.mixture[0].mqar.num_pairs == 4
 
 
 def test_bad_member_parameters_name_the_member_and_what_is_allowed(data_dir):
-    cfg = mix_config(data_dir, "data.mixture.1.params.bogus=1")
-    with pytest.raises(ConfigError, match=r"data.mixture\[1\].params of task niah: unknown "):
-        pipeline.prepare(cfg)
-    with pytest.raises(ConfigError, match="allowed: num_needles, num_asked, length"):
-        pipeline.prepare(cfg)
+    with pytest.raises(
+        ConfigError, match=r"data.mixture\[1\].params of task niah: unknown "
+    ) as err:
+        mix_config(data_dir, "data.mixture.1.params.bogus=1")
+    assert "allowed: num_train, num_validation, num_test, seed, num_needles, num_asked" in str(
+        err.value
+    )
+    with pytest.raises(ConfigError, match=r"data.mixture\[1\].niah: unknown key 'bogus'"):
+        mix_config(data_dir, "data.mixture.1.niah.bogus=1")
 
 
 def test_realised_proportions_match_the_weights(mix):
@@ -222,7 +231,7 @@ def test_evaluation_leaves_text_out_unless_every_member_is_text():
 
 def test_training_on_a_mixture_resumes_bitwise(tiny_config, tmp_path):
     two_tasks = (
-        "data.mixture=[{task: mqar, weight: 0.6, params: {num_pairs: 4, key_len: 2, value_len: 2,"
+        "data.mixture=[{task: mqar, weight: 0.6, mqar: {num_pairs: 4, key_len: 2, value_len: 2,"
         f" length: 64, num_train: 500, {SPLITS}}}}}, {{task: block, weight: 0.4, block: "
         "{num_blocks: 4, num_train: 2000, num_validation: 64, num_test: 64}}]"
     )

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from mta.config import ConfigError, load_config
-from mta.data import pipeline
+from mta.data import mixture, pipeline
 from mta.model import Transformer
 from mta.resolve import resolve_model
 
@@ -19,8 +19,10 @@ SEQ = 48
 @pytest.fixture(scope="module")
 def text(data_dir):
     cfg = load_config(None, ["data.task=text", f"data.seq_len={SEQ}", f"data.data_dir={data_dir}"])
-    builder = pipeline.prepare(cfg.data)
-    return cfg, pipeline.split_source(builder, cfg.data, "train", SEQ)
+    builders = pipeline.prepare(cfg.data)
+    source = pipeline.split_source(builders, cfg.data, "train", SEQ)  # a mixture of one
+    assert len(source.sources) == 1 and len(source) == len(source.sources[0])
+    return cfg, source.sources[0]
 
 
 def take(dataset, count):
@@ -155,9 +157,20 @@ class _Source(list):
         return [self[i] for i in indices]
 
 
-def test_bad_task_params_are_one_line(data_dir):
-    cfg = load_config(
-        None, ["data.task=niah", "data.params={bogus: 1}", f"data.data_dir={data_dir}"]
-    )
-    with pytest.raises(ConfigError, match="data.params of task niah: .*bogus"):
-        pipeline.prepare(cfg.data)
+def test_bad_task_settings_are_one_line():
+    with pytest.raises(ConfigError, match="unknown key 'data.niah.bogus'; allowed here: num_tr"):
+        load_config(None, ["data.task=niah", "data.niah.bogus=1"])
+    with pytest.raises(ConfigError, match="^data.niah: num_asked must be between 1 and 2, got 3$"):
+        load_config(None, ["data.task=niah", "data.niah.num_asked=3"])
+    with pytest.raises(ConfigError, match="data.params of task niah: unknown parameter 'bogus'"):
+        load_config(None, ["data.task=niah", "data.params={bogus: 1}"])  # the pre-registry form
+
+
+def test_a_single_task_streams_as_before_the_registry(text):
+    """A mixture of one streams its records exactly as a single task always has, so runs
+    written before the registry resume onto the same batches."""
+    _, chunks = text
+    wrapped = mixture.MixtureSource([chunks], ["text"], ["text"], [1.0])
+    plain = grain.MapDataset.range(len(chunks)).seed(7).shuffle().repeat()
+    assert [wrapped.index_stream(7)[i] for i in range(50)] == [plain[i] for i in range(50)]
+    assert mixture.eval_ranges(wrapped, 10) == [range(10)]

@@ -8,7 +8,7 @@ from mta.config import ConfigError, load_config
 from mta.data import pipeline, tfds_common
 
 # bAbI QA1 without filler: 98 to ~360 tokens, so some seq_len drops part of the examples.
-BABI = "data.params={task: 1, length: 0, num_train: 300, num_validation: 20, num_test: 20}"
+BABI = "data.babi={task: 1, length: 0, num_train: 300, num_validation: 20, num_test: 20}"
 
 
 def babi_config(data_dir, seq_len, *extra):
@@ -18,14 +18,14 @@ def babi_config(data_dir, seq_len, *extra):
 
 @pytest.fixture(scope="module")
 def babi(data_dir):
-    """(builder, token count of every train record, read by decoding each record)."""
-    builder = pipeline.prepare(babi_config(data_dir, 200))
-    source = builder.as_data_source()["train"]
-    return builder, np.array([len(source[i]["tokens"]) for i in range(len(source))])
+    """([builder], token count of every train record, read by decoding each record)."""
+    builders = pipeline.prepare(babi_config(data_dir, 200))
+    source = builders[0].as_data_source()["train"]
+    return builders, np.array([len(source[i]["tokens"]) for i in range(len(source))])
 
 
 def test_token_lengths_are_exact_and_cached(babi, monkeypatch):
-    builder, lengths = babi
+    (builder,), lengths = babi
     np.testing.assert_array_equal(tfds_common.token_lengths(builder, "train"), lengths)
     monkeypatch.setattr(tfds_common, "_count_tokens", lambda source: 1 / 0)  # not counted again
     np.testing.assert_array_equal(tfds_common.token_lengths(builder, "train"), lengths)
@@ -78,8 +78,8 @@ def test_dropping_every_example_is_a_config_error(babi, data_dir):
 
 def test_a_mixture_member_that_would_be_dropped_whole_is_named(data_dir, capsys):
     mixture = (
-        "data.mixture=[{task: mqar, params: {num_pairs: 4, key_len: 2, value_len: 2, length: 64,"
-        " num_train: 500, num_validation: 20, num_test: 20}}, {task: niah, params: {num_needles:"
+        "data.mixture=[{task: mqar, mqar: {num_pairs: 4, key_len: 2, value_len: 2, length: 64,"
+        " num_train: 500, num_validation: 20, num_test: 20}}, {task: niah, niah: {num_needles:"
         " 1, length: 200, num_train: 300, num_validation: 20, num_test: 20}}]"
     )
     overrides = ["data.task=mix", mixture, "data.seq_len=100", f"data.data_dir={data_dir}"]

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("two_process_worker.py")
 STEPS = 3
 MIXTURE = (
-    "data.mixture=[{task: mqar, weight: 0.6, params: {num_pairs: 4, key_len: 2, value_len: 2, "
+    "data.mixture=[{task: mqar, weight: 0.6, mqar: {num_pairs: 4, key_len: 2, value_len: 2, "
     "length: 64, num_train: 500, num_validation: 20, num_test: 20}}, {task: block, weight: 0.4, "
     "block: {num_blocks: 4, num_train: 2000, num_validation: 64, num_test: 64}}]"
 )

@@ -21,7 +21,7 @@ from mta.data.tokenizer import BOS
 from mta.eval import metrics, tasks
 from mta.eval.generate import Generator
 from mta.eval.runner import Runner
-from mta.eval.suite import load_suite
+from mta.eval.suite import PRIMARY, load_suite
 from mta.train.mesh import make_mesh
 from mta.train.state import abstract_model
 from mta.train.step import eval_step, forward
@@ -76,7 +76,7 @@ def test_tiny_suite_writes_every_output(trained, data_dir, tmp_path):
             if task == "perplexity":
                 cells = sum(len(s.buckets) for s in specs)  # buckets + "all"
             assert len(rows) == cells, task
-            primary = [row[metrics.PRIMARY[task]] for row in rows]
+            primary = [row[PRIMARY[task]] for row in rows]
             assert all(isinstance(v, float) for v in primary), (task, primary)
             assert all(row["examples"] >= 1 for row in rows)
             lines = (out / "samples" / f"{task}.jsonl").read_text().splitlines()

@@ -1,0 +1,38 @@
+"""Helpers of the tasks' scoring functions: records in, text, prompts and greedy outputs out.
+
+A scoring function `run(runner, records, spec, suite)` gets a `mta.eval.runner.Runner` (its
+`score` scores records teacher-forced, its `generate` continues prompts greedily) and returns
+(rows, samples); metrics are the pure functions of `mta.eval.metrics`.
+"""
+
+import numpy as np
+
+from mta.data import tokenizer
+
+
+def text(value) -> str:
+    """A record's text feature (bytes) or any value as a str."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def prompt_tokens(record: dict) -> np.ndarray:
+    """The prompt's token ids (BOS + prompt bytes): tokens before the first answer token."""
+    return np.asarray(record["tokens"])[: int(np.argmax(np.asarray(record["answer_mask"]) > 0))]
+
+
+def answer_text(scored) -> str:
+    """The teacher-forced argmax over the answer tokens of a `Scored`, as text."""
+    return tokenizer.decode(scored.predicted[scored.weights > 0])
+
+
+def answer_loss(scored: list) -> float:
+    """Mean negative log-likelihood per answer token over scored examples."""
+    nll = sum(float(-(s.logprob * s.weights).sum()) for s in scored)
+    return nll / max(sum(float(s.weights.sum()) for s in scored), 1.0)
+
+
+def greedy(runner, records, suite) -> list[str]:
+    """Greedy outputs after each record's prompt: the longest answer's length plus
+    suite.extra_new_tokens tokens."""
+    longest = max(len(bytes(r["answer"])) for r in records)
+    return runner.generate([prompt_tokens(r) for r in records], longest + suite.extra_new_tokens)
