@@ -153,34 +153,54 @@ class Attention(nnx.Module):
             self.kq_pre = nnx.Param(
                 kq_kernel_init(shape, a.kernel_init, a.kernel_init_value, rngs),
                 logical_axes=("heads", None, None),
+                weight_decay=a.decay_mta_params,
             )
         if has_kq and a.kq_post.enabled:
             shape = (H, a.kq_post.c_q, a.kq_post.c_k)
             self.kq_post = nnx.Param(
                 kq_kernel_init(shape, a.kernel_init, a.kernel_init_value, rngs),
                 logical_axes=("heads", None, None),
+                weight_decay=a.decay_mta_params,
             )
         if a.head_pre == "linear":
-            self.head_pre = nnx.Param(jnp.eye(H, dtype=jnp.float32), logical_axes=(None, None))
+            self.head_pre = nnx.Param(
+                jnp.eye(H, dtype=jnp.float32),
+                logical_axes=(None, None),
+                weight_decay=a.decay_mta_params,
+            )
         elif a.head_pre == "grouped" or (a.head_pre == "conv3d" and not has_kq):
             self.head_pre = nnx.Param(
-                grouped_identity(H, group), logical_axes=("heads", None, None)
+                grouped_identity(H, group),
+                logical_axes=("heads", None, None),
+                weight_decay=a.decay_mta_params,
             )
         elif a.head_pre == "conv3d":
             c_q, c_k = a.kq_pre.c_q, a.kq_pre.c_k
             kernel = jnp.zeros((H // group, group, group, c_q, c_k), jnp.float32)
             kernel = kernel.at[:, :, :, c_q - 1, (c_k - 1) // 2].set(grouped_identity(H, group))
-            self.head_pre = nnx.Param(kernel, logical_axes=("heads", None, None, None, None))
+            self.head_pre = nnx.Param(
+                kernel,
+                logical_axes=("heads", None, None, None, None),
+                weight_decay=a.decay_mta_params,
+            )
         if a.head_post == "grouped":
             self.head_post = nnx.Param(
-                grouped_identity(H, group), logical_axes=("heads", None, None)
+                grouped_identity(H, group),
+                logical_axes=("heads", None, None),
+                weight_decay=a.decay_mta_params,
             )
         self.head_mixing = head_mixing(a.head_pre, a.head_post, group)
         if a.group_norm != "none":
-            self.out_norm = nnx.Param(jnp.ones((D,), jnp.float32), logical_axes=("norm",))
+            self.out_norm = nnx.Param(
+                jnp.ones((D,), jnp.float32), logical_axes=("norm",), weight_decay=a.decay_mta_params
+            )
         if a.group_norm == "gating":
-            self.gate_w = nnx.Param(_normal(rngs, (D,), std), logical_axes=("norm",))
-            self.gate_b = nnx.Param(jnp.zeros((), jnp.float32), logical_axes=())
+            self.gate_w = nnx.Param(
+                _normal(rngs, (D,), std), logical_axes=("norm",), weight_decay=a.decay_mta_params
+            )
+            self.gate_b = nnx.Param(
+                jnp.zeros((), jnp.float32), logical_axes=(), weight_decay=a.decay_mta_params
+            )
 
     def _kernel(self, name: str) -> jax.Array | None:
         param = getattr(self, name, None)  # absent when this layer does not use it

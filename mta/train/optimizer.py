@@ -2,9 +2,9 @@
 
 import jax
 import optax
+from flax import nnx
 
 from mta.config import TrainConfig
-from mta.model import MTA_PARAM_NAMES
 
 
 def make_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -23,19 +23,20 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
     return optax.join_schedules([warmup, after], [cfg.warmup_steps])
 
 
-def decay_mask(params: dict, decay_mta_params: bool) -> dict:
-    """True where weight decay applies: everywhere (as in the MTA release), or everywhere but
-    the MTA kernels, head-mixing matrices and group-norm weights."""
+def decay_mask(state: nnx.State) -> dict:
+    """True where weight decay applies, from each parameter's `weight_decay` metadata (set where
+    the model creates it; absent means True), as a pure dict shaped like the params."""
+    flags = jax.tree.map(
+        lambda variable: bool(getattr(variable, "weight_decay", True)),
+        state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )
+    return nnx.State(flags).to_pure_dict()
 
-    def decays(path, _):
-        names = {getattr(k, "key", None) for k in path}
-        return decay_mta_params or not names & set(MTA_PARAM_NAMES)
 
-    return jax.tree_util.tree_map_with_path(decays, params)
-
-
-def make_optimizer(cfg: TrainConfig, params: dict, decay_mta_params: bool = True):
-    """The optax transformation for `params` (a pure dict of arrays)."""
+def make_optimizer(cfg: TrainConfig, decay: dict):
+    """The optax transformation for params shaped like `decay` (decay_mask of the model state:
+    True where weight decay applies)."""
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
     parts.append(
         optax.adamw(
@@ -44,7 +45,7 @@ def make_optimizer(cfg: TrainConfig, params: dict, decay_mta_params: bool = True
             b2=cfg.beta2,
             eps=cfg.eps,
             weight_decay=cfg.weight_decay,
-            mask=decay_mask(params, decay_mta_params),
+            mask=decay,
         )
     )
     return optax.chain(*parts)

@@ -9,7 +9,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from mta.config import Config
 from mta.model import Transformer
 from mta.train.mesh import param_shardings
-from mta.train.optimizer import make_optimizer, make_schedule
+from mta.train.optimizer import decay_mask, make_optimizer, make_schedule
 
 
 def abstract_model(cfg: Config) -> tuple[nnx.GraphDef, nnx.State]:
@@ -42,9 +42,7 @@ class TrainSetup:
         self.graphdef, abstract = abstract_model(cfg)
         abstract_params = abstract.to_pure_dict()
         self.schedule = make_schedule(cfg.train)
-        self.optimizer = make_optimizer(
-            cfg.train, abstract_params, cfg.model.attention.decay_mta_params
-        )
+        self.optimizer = make_optimizer(cfg.train, decay_mask(abstract))
         params_sh = param_shardings(abstract, mesh, cfg.mesh.rules)
         opt_abstract = jax.eval_shape(self.optimizer.init, abstract_params)
         self.shardings = {
