@@ -312,6 +312,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         except OmegaConfBaseException as err:
             raise _omegaconf_error(err, where) from None
     cfg = OmegaConf.to_object(merged)
+    # YAML reads a bare on/off as a boolean, which the str field then holds as "True"/"False"
+    cfg.log.progress = {"True": "on", "False": "off"}.get(cfg.log.progress, cfg.log.progress)
     validate(cfg)
     return cfg
 

@@ -175,3 +175,8 @@ def test_a_bad_legacy_config_yaml_is_one_line(tmp_path, task, params, expected):
     with pytest.raises(ConfigError) as error:
         load_config(path)
     assert expected in str(error.value) and "\n" not in str(error.value)
+
+
+def test_on_off_survive_yaml_booleans():
+    assert load_config(None, ["log.progress=off"]).log.progress == "off"
+    assert load_config(None, ["log.progress=on"]).log.progress == "on"

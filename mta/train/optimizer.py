@@ -24,17 +24,19 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 
 def decay_mask(state: nnx.State) -> dict:
-    """Where weight decay applies, from each parameter's `weight_decay` metadata (set where the
-    model creates it): a pure dict of bools shaped like the parameters."""
-    is_variable = lambda x: isinstance(x, nnx.Variable)  # noqa: E731
-    decays = jax.tree.map(
-        lambda v: bool(v.get_metadata().get("weight_decay", True)), state, is_leaf=is_variable
+    """True where weight decay applies, from each parameter's `weight_decay` metadata (set where
+    the model creates it; absent means True), as a pure dict shaped like the params."""
+    flags = jax.tree.map(
+        lambda variable: bool(getattr(variable, "weight_decay", True)),
+        state,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
     )
-    return nnx.State(decays).to_pure_dict() if isinstance(decays, nnx.State) else decays
+    return nnx.State(flags).to_pure_dict()
 
 
-def make_optimizer(cfg: TrainConfig, state: nnx.State):
-    """The optax transformation for the parameters of `state` (abstract or concrete)."""
+def make_optimizer(cfg: TrainConfig, decay: dict):
+    """The optax transformation for params shaped like `decay` (decay_mask of the model state:
+    True where weight decay applies)."""
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
     parts.append(
         optax.adamw(
@@ -43,7 +45,7 @@ def make_optimizer(cfg: TrainConfig, state: nnx.State):
             b2=cfg.beta2,
             eps=cfg.eps,
             weight_decay=cfg.weight_decay,
-            mask=decay_mask(state),
+            mask=decay,
         )
     )
     return optax.chain(*parts)

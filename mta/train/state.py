@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -9,7 +10,7 @@ from mta.config import Config
 from mta.model import Transformer
 from mta.resolve import resolve_model
 from mta.train.mesh import param_shardings
-from mta.train.optimizer import make_optimizer, make_schedule
+from mta.train.optimizer import decay_mask, make_optimizer, make_schedule
 
 
 def abstract_model(cfg: Config, tensor: int = 1) -> tuple[nnx.GraphDef, nnx.State]:
@@ -20,22 +21,20 @@ def abstract_model(cfg: Config, tensor: int = 1) -> tuple[nnx.GraphDef, nnx.Stat
     return nnx.split(model)
 
 
-def _like_params(opt_state_abstract, params_shardings: dict, mesh: Mesh):
-    """Shardings for optimizer state: a leaf whose path ends with a parameter's path and has its
-    shape gets that parameter's sharding (Adam's moments); anything else is replicated."""
-    by_path = {
-        tuple(str(k) for k in path): s
-        for path, s in jax.tree_util.tree_leaves_with_path(params_shardings)
-    }
-
-    def sharding(path, leaf):
-        keys = tuple(str(k) for k in path)
-        for start in range(len(keys)):
-            if keys[start:] in by_path and leaf.ndim == len(by_path[keys[start:]].spec):
-                return by_path[keys[start:]]
-        return NamedSharding(mesh, PartitionSpec())
-
-    return jax.tree_util.tree_map_with_path(sharding, opt_state_abstract)
+def opt_state_shardings(
+    optimizer: optax.GradientTransformation, opt_state_abstract, params_shardings: dict, mesh: Mesh
+):
+    """Shardings for the optimizer state: each copy of the parameter tree in it (Adam's moments),
+    found structurally by optax.tree_map_params, gets the parameters' shardings leaf by leaf;
+    everything else (step counts) is replicated."""
+    return optax.tree_map_params(
+        optimizer,
+        lambda leaf, sharding: leaf if isinstance(leaf, optax.MaskedNode) else sharding,
+        opt_state_abstract,
+        params_shardings,
+        transform_non_params=lambda _: NamedSharding(mesh, PartitionSpec()),
+        is_leaf=lambda x: isinstance(x, optax.MaskedNode),  # masked-out parameters: no state
+    )
 
 
 class TrainSetup:
@@ -43,16 +42,17 @@ class TrainSetup:
 
     def __init__(self, cfg: Config, mesh: Mesh):
         self.cfg, self.mesh = cfg, mesh
-        self.model_settings = resolve_model(cfg.model, dict(mesh.shape).get("tensor", 1))
-        self.graphdef, abstract = abstract_model(cfg, dict(mesh.shape).get("tensor", 1))
+        tensor = dict(mesh.shape).get("tensor", 1)
+        self.model_settings = resolve_model(cfg.model, tensor)
+        self.graphdef, abstract = abstract_model(cfg, tensor)
         abstract_params = abstract.to_pure_dict()
         self.schedule = make_schedule(cfg.train)
-        self.optimizer = make_optimizer(cfg.train, abstract)
+        self.optimizer = make_optimizer(cfg.train, decay_mask(abstract))
         params_sh = param_shardings(abstract, mesh, cfg.mesh.rules)
         opt_abstract = jax.eval_shape(self.optimizer.init, abstract_params)
         self.shardings = {
             "params": params_sh,
-            "opt_state": _like_params(opt_abstract, params_sh, mesh),
+            "opt_state": opt_state_shardings(self.optimizer, opt_abstract, params_sh, mesh),
             "step": NamedSharding(mesh, PartitionSpec()),
             "skipped": NamedSharding(mesh, PartitionSpec()),
         }
