@@ -155,12 +155,7 @@ def generate_example(
     answer = join_and([values[i] for i in asked])
 
     budget = length - len(question_text) - len(answer) - sum(len(n) + 1 for n in needles)
-    if haystack == "text":
-        sentences = text_corpus.prose_sentences()
-        start = int(rng.integers(len(sentences)))
-    else:
-        sentences, start = text_corpus.noise_sentences(), 0
-    filler = text_corpus.fill(sentences, start, budget)
+    filler = text_corpus.haystack_filler(rng, haystack, budget)
     offsets = text_corpus.gap_offsets(filler)
     targets = [depth + j * (100 - depth) / num_needles for j in range(num_needles)]
     gaps = [_gap_at(offsets, target / 100 * budget) for target in targets]

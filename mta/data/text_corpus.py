@@ -24,6 +24,8 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from mta.data.checks import check_fraction
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
@@ -85,6 +87,15 @@ def prose_sentences() -> tuple[str, ...]:
                 ):
                     sentences[sentence] = None
     return tuple(sentences)
+
+
+def haystack_filler(rng: np.random.Generator, haystack: str, budget: int) -> list[str]:
+    """Filler of exactly `budget` bytes (fill's pieces): prose from a random sentence on when
+    haystack is "text", else the noise sentences from the first."""
+    if haystack == "text":
+        sentences = prose_sentences()
+        return fill(sentences, int(rng.integers(len(sentences))), budget)
+    return fill(noise_sentences(), 0, budget)
 
 
 def fill(sentences: Sequence[str], start: int, budget: int) -> list[str]:

@@ -99,12 +99,7 @@ def generate_example(
 
     budget = length - len(INTRO) - len(question_text) - len(answer)
     budget -= sum(len(statement) + 1 for statement in statements)
-    if haystack == "text":
-        sentences = text_corpus.prose_sentences()
-        start = int(rng.integers(len(sentences)))
-    else:
-        sentences, start = text_corpus.noise_sentences(), 0
-    filler = text_corpus.fill(sentences, start, budget)
+    filler = text_corpus.haystack_filler(rng, haystack, budget)
     gaps = np.sort(rng.integers(0, len(filler) + 1, len(statements)))
     text = text_corpus.weave(filler, statements, gaps.tolist())
     return INTRO + text + question_text, answer
