@@ -99,6 +99,10 @@ class Tokenizer:
         specials = [self.bos_id, self.eos_id, self.pad_id]
         return self._decode([int(i) for i in arr[~np.isin(arr, specials)]])
 
+    def decode_bytes(self, ids) -> bytes:
+        """The utf-8 bytes of `decode(ids)` (the byte kind: the raw bytes, even invalid utf-8)."""
+        return self.decode(ids).encode("utf-8", errors="surrogatepass")
+
     def record(self) -> dict:
         """{kind, path, fingerprint, vocab_size}: what a workdir records of its tokenizer."""
         return {

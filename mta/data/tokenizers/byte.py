@@ -3,6 +3,8 @@ EOS 258 (the functions of mta/data/tokenizer.py, which it wraps)."""
 
 import dataclasses
 
+import numpy as np
+
 from mta.data import tokenizer
 from mta.data.tokenizers.base import Tokenizer
 
@@ -16,6 +18,10 @@ class ByteTokenizer(Tokenizer):
 
     def _decode(self, ids):
         return tokenizer.decode(ids)
+
+    def decode_bytes(self, ids) -> bytes:
+        arr = np.asarray(ids, np.int64).reshape(-1)
+        return tokenizer.decode_bytes(arr[(arr >= 0) & (arr < tokenizer.NUM_BYTES)])
 
 
 BYTE = ByteTokenizer(
