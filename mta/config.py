@@ -124,7 +124,7 @@ class _DataConfig:
     task: str = "block"  # a task of mta/data/tasks (block | mqar | niah | ...) or mix
     data_dir: str = "~/tensorflow_datasets"  # where TFDS builds and reads datasets
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    seq_len: int = 2048  # tokens per training row (the block task sets its own)
+    seq_len: int = 2048  # tokens per training row (the block task with byte tokens sets its own)
     packing: str = "pad"  # pad (one example per row) | pack (first-fit, with segment ids)
     too_long: str = "drop"  # an example longer than seq_len: drop | truncate (text is chunked)
     # The members of task `mix`, e.g. [{task: mqar, weight: 0.4, mqar: {num_pairs: 8}},
