@@ -63,7 +63,8 @@ class AttentionConfig:
 
 @dataclass
 class ModelConfig:
-    vocab_size: int = 259  # the byte tokenizer's 256 bytes + pad, bos, eos
+    # At least data.tokenizer's vocabulary; 259 is the byte tokenizer's (256 bytes + pad, bos, eos)
+    vocab_size: int = 259
     dim: int = 64  # model (embedding) width
     num_layers: int = 4  # transformer blocks
     num_heads: int = 2  # query heads H
@@ -93,6 +94,18 @@ def _with_task_settings(base: type) -> type:
 
 
 @dataclass
+class TokenizerConfig:
+    """The tokenizer of the data, the evaluation suite and generation (mta/data/tokenizers)."""
+
+    # byte (utf-8 bytes + pad 256, bos 257, eos 258) | sentencepiece | tiktoken | huggingface
+    kind: str = "byte"
+    # The tokenizer file ("" for byte): sentencepiece: a .model file; tiktoken: a BPE rank file
+    # like Llama-3's tokenizer.model; huggingface: a tokenizer.json. Make one with
+    # `mta tokenizer train`. model.vocab_size must be at least its vocabulary.
+    path: str = ""
+
+
+@dataclass
 class _MixtureMember:
     """One task of a mixture (data.task: mix), drawn with probability weight / sum of weights;
     its settings are its task's section, data.mixture[i].<task>."""
@@ -110,7 +123,8 @@ class _DataConfig:
 
     task: str = "block"  # a task of mta/data/tasks (block | mqar | niah | ...) or mix
     data_dir: str = "~/tensorflow_datasets"  # where TFDS builds and reads datasets
-    seq_len: int = 2048  # tokens per training row (the block task sets its own)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    seq_len: int = 2048  # tokens per training row (the block task with byte tokens sets its own)
     packing: str = "pad"  # pad (one example per row) | pack (first-fit, with segment ids)
     too_long: str = "drop"  # an example longer than seq_len: drop | truncate (text is chunked)
     # The members of task `mix`, e.g. [{task: mqar, weight: 0.4, mqar: {num_pairs: 8}},
@@ -210,6 +224,7 @@ CHOICES = {
     "model.compute_dtype": ("float32", "bfloat16"),
     "model.remat": ("none", "block", "attention"),
     "data.task": (*TASKS, "mix"),
+    "data.tokenizer.kind": ("byte", "sentencepiece", "tiktoken", "huggingface"),
     "data.packing": ("pad", "pack"),
     "data.too_long": ("drop", "truncate"),
     "train.schedule": ("constant", "linear", "cosine"),
@@ -383,6 +398,21 @@ def _validate_data(data: DataConfig) -> None:
                 )
 
 
+def _validate_tokenizer(tok: TokenizerConfig) -> None:
+    """A path exactly when the kind needs a file (the file itself is read by the train
+    command's checks, `mta.data.pipeline.configured_tokenizer`)."""
+    if tok.kind == "byte" and tok.path:
+        raise ConfigError(
+            f"data.tokenizer.path: {tok.path!r} given, but the byte tokenizer takes no file; set "
+            "data.tokenizer.kind (sentencepiece | tiktoken | huggingface) or path: ''"
+        )
+    if tok.kind != "byte" and not tok.path:
+        raise ConfigError(
+            f"data.tokenizer.path: empty; a {tok.kind} tokenizer needs its file (make one with "
+            "`mta tokenizer train`)"
+        )
+
+
 def _legacy_params(params: Any, task: str, where: str) -> dict:
     """A `params` mapping of a config written before the typed task sections, as the settings
     of `task` (its section data.<task>); ConfigError for a key the task does not have."""
@@ -550,6 +580,7 @@ def validate(cfg: Config) -> None:
             f"train.warmup_steps: {cfg.train.warmup_steps} exceeds train.steps ({cfg.train.steps})"
         )
     _validate_data(cfg.data)
+    _validate_tokenizer(cfg.data.tokenizer)
     for axis in ("data", "fsdp", "tensor"):
         size = getattr(cfg.mesh, axis)
         if size == 0 or size < -1:

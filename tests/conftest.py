@@ -56,3 +56,25 @@ def tiny_config(tiny_overrides):
         return load_config(None, tiny_overrides + list(extra))
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tokenizer_files(tmp_path_factory):
+    """{name: (kind, path)} of tiny tokenizers trained on the bundled corpus by `mta tokenizer
+    train`: "unigram" and "bpe" (sentencepiece), "hf" (huggingface), "tiktoken"."""
+    from mta.cli import tokenizer
+
+    root = tmp_path_factory.mktemp("tokenizers")
+    runs = {
+        "unigram": ("sentencepiece", "sp_unigram.model", ["--algorithm", "unigram"]),
+        "bpe": ("sentencepiece", "sp_bpe.model", ["--algorithm", "bpe"]),
+        "hf": ("huggingface", "tokenizer.json", []),
+        "tiktoken": ("tiktoken", "ranks.tiktoken", []),
+    }
+    files = {}
+    for name, (kind, file, extra) in runs.items():
+        path = str(root / file)
+        argv = ["train", "--kind", kind, "--vocab-size", "400", "--output", path, *extra]
+        assert tokenizer.main(argv) == 0
+        files[name] = (kind, path)
+    return files

@@ -13,7 +13,7 @@ import pytest
 import mta.cli
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["train", "eval", "ablate", "bench", "generate", "config_docs"]
+SCRIPTS = ["train", "eval", "ablate", "bench", "generate", "config_docs", "tokenizer"]
 
 
 def test_mta_lists_commands_and_rejects_unknown_ones(capsys):
@@ -24,7 +24,8 @@ def test_mta_lists_commands_and_rejects_unknown_ones(capsys):
     capsys.readouterr()
     assert mta.cli.main(["trian"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "mta: error: unknown command 'trian' (choose from train, eval, generate, ablate, bench)"
+        "mta: error: unknown command 'trian' (choose from train, eval, generate, ablate, bench, "
+        "tokenizer)"
     ]
 
 

@@ -5,6 +5,7 @@
     mta ablate --sweep configs/sweeps/pre_vs_post.yaml --root runs/a     # mta/cli/ablate.py
     mta bench attention --T 512 1024                                     # mta/cli/bench.py
     mta generate --workdir runs/x --prompt "abc"                         # mta/cli/generate.py
+    mta tokenizer train --kind sentencepiece --vocab-size 8000 --output sp.model  # tokenizer.py
 
 `python scripts/<command>.py ...` in a checkout and `python -m mta.cli.<command> ...` are the
 same commands: scripts/*.py only call these `main`s. args.py holds what every command shares: a
@@ -13,7 +14,7 @@ config_docs.py (`python scripts/config_docs.py`) is a maintenance command of a c
 rewrites docs/configs.md there), so it is not an installed command.
 
 Why one `mta` command with subcommands rather than `mta-train`, `mta-eval`, ...: the commands
-form one tool whose list grows (Hugging Face import/export and tokenizer training are next), and
+form one tool whose list grows (Hugging Face import/export is next), and
 one entry point keeps that list in one place, shows it with `mta --help`, and puts one name on
 PATH instead of a family of them; `bench` already has subcommands of its own in the same style.
 Dispatching imports only the chosen command's module, so `mta --help` starts without JAX.
@@ -28,6 +29,10 @@ COMMANDS = {  # name: (module under mta.cli, one-line summary)
     "generate": ("generate", "complete a prompt with a trained run's checkpoint"),
     "ablate": ("ablate", "run an ablation sweep and write its report"),
     "bench": ("bench", "speed and memory benchmarks (JSON lines on stdout)"),
+    "tokenizer": (
+        "tokenizer",
+        "train a tokenizer file (SentencePiece, byte-level BPE)",
+    ),
 }
 
 

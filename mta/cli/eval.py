@@ -42,6 +42,10 @@ def parse_args(argv, prog=None):
         "--data-dir", help="where the suite's datasets are built (overrides the suite's data_dir)"
     )
     parser.add_argument("--compare-dir", help="where the comparison of several workdirs goes")
+    parser.add_argument(
+        "--tokenizer",
+        help="the tokenizer file, if it moved (it must be the one the workdir was trained with)",
+    )
     args = parser.parse_args(argv)
     if args.rope_theta is not None and not args.rope_theta > 0:
         parser.error(f"--rope-theta must be > 0, got {args.rope_theta}")
@@ -73,8 +77,8 @@ def evaluate(args, suite, workdir: Path, step: int, where: str) -> dict:
     from mta.eval import report, restore, tasks
     from mta.eval.runner import Runner
 
-    loaded = restore.load_model(workdir, step, args.rope_theta)
-    runner = Runner(loaded.graphdef, loaded.params, loaded.mesh, suite.batch_size)
+    loaded = restore.load_model(workdir, step, args.rope_theta, args.tokenizer)
+    runner = Runner(loaded.graphdef, loaded.params, loaded.mesh, suite.batch_size, loaded.tok)
     rows, samples = tasks.run_suite(runner, suite, where)
     meta = {
         "workdir": str(workdir),
@@ -101,6 +105,8 @@ def main(argv=None, prog=None) -> int:
 
         workdirs = [Path(w) for w in args.workdir]
         steps = [restore.find_step(w, args.step) for w in workdirs]  # all checked before compute
+        for workdir in workdirs:
+            restore.workdir_tokenizer(workdir, args.tokenizer)
         where = data_dir(args, suite, workdirs[0])
         runs = [evaluate(args, suite, w, s, where) for w, s in zip(workdirs, steps, strict=True)]
         if len(runs) > 1:

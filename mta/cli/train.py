@@ -82,12 +82,14 @@ def _env_int(name: str) -> int | None:
 
 
 def load(config: str, overrides: list[str]):
-    """The validated config, including the checks that need the task's rules or the devices,
-    so that every config error is reported before any compute (ablate checks sweeps with it)."""
+    """The validated config, including the checks that need the task's rules, the tokenizer's
+    file or the devices, so that every config error is reported before any compute (ablate
+    checks sweeps with it)."""
     from mta.data import pipeline
     from mta.train.mesh import check_batch, tensor_parallel_plan
 
     cfg = load_config(config, overrides)
+    pipeline.configured_tokenizer(cfg)  # a readable file of its kind, within model.vocab_size
     try:
         pipeline.sequence_length(cfg.data)
     except ValueError as err:
@@ -105,7 +107,10 @@ def dry_run(cfg) -> dict:
 
     setup = TrainSetup(cfg, make_mesh(cfg.mesh))
     seq_len = pipeline.sequence_length(cfg.data)
-    return summary(cfg, setup.abstract_state(), seq_len, setup.shardings["params"])
+    tok = pipeline.configured_tokenizer(cfg).record()
+    return summary(cfg, setup.abstract_state(), seq_len, setup.shardings["params"]) | {
+        "tokenizer": tok
+    }
 
 
 def run(args, cfg) -> int:

@@ -11,8 +11,8 @@ import math
 
 import numpy as np
 
-from mta.data import tokenizer
 from mta.data.checks import check_choice, check_int
+from mta.data.tokenizers import BYTE, Tokenizer
 
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
 VARIANTS = ("all", "first", "last")
@@ -150,15 +150,12 @@ def generate_example(
     return prompt, answer
 
 
-def encode_example(prompt: str, answer: str) -> dict[str, np.ndarray]:
-    """Tokenizes an example.
+def encode_example(prompt: str, answer: str, tok: Tokenizer = BYTE) -> dict[str, np.ndarray]:
+    """Tokenizes an example with `tok`, prompt and answer each on its own.
 
-    Returns `tokens`, int32 [1 + len(prompt) + len(answer)] = [BOS] + prompt bytes + answer bytes,
-    and `answer_mask`, int32 of the same shape, 1 exactly on the answer tokens.
+    Returns `tokens`, int32 [1 + P + A] = [BOS] + prompt ids + answer ids (bytes: P =
+    len(prompt), A = len(answer)), and `answer_mask`, int32 of the same shape, 1 exactly on the
+    answer tokens.
     """
-    prompt_ids = tokenizer.encode(prompt, bos=True)
-    answer_ids = tokenizer.encode(answer)
-    tokens = np.concatenate([prompt_ids, answer_ids])
-    answer_mask = np.zeros(tokens.shape, dtype=np.int32)
-    answer_mask[len(prompt_ids) :] = 1
+    tokens, answer_mask = tok.encode_marked([(prompt, False), (answer, True)])
     return {"tokens": tokens, "answer_mask": answer_mask}

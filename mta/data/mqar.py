@@ -23,8 +23,8 @@ answer_mask is 1 exactly on the value bytes of the query slots (num_pairs * valu
 
 import numpy as np
 
-from mta.data import tokenizer
 from mta.data.checks import check_int
+from mta.data.tokenizers import BYTE, Tokenizer
 
 DEFAULT_ALPHA = 0.01
 _LETTERS = np.frombuffer(b"abcdefghijklmnopqrstuvwxyz", np.uint8)
@@ -89,10 +89,13 @@ def generate_example(
     value_len: int,
     length: int,
     alpha: float = DEFAULT_ALPHA,
+    tok: Tokenizer = BYTE,
 ) -> dict:
-    """Draws one example (see the module doc).
+    """Draws one example (see the module doc), tokenized with `tok` (the values each on their
+    own, so that the answer mask covers exactly their ids).
 
-    Returns a dict: `prompt`, `answer` (str), `tokens`, `answer_mask` (int32 [len(prompt) + 1]),
+    Returns a dict: `prompt`, `answer` (str), `tokens`, `answer_mask` (int32 [len(prompt) + 1]
+    with bytes),
     `distances` (int32 [num_pairs]: for each query in order of appearance, bytes from its pair's
     key to the query's key).
     """
@@ -114,11 +117,12 @@ def generate_example(
         rows[target, key_len + 1 : -1] = values
     prompt = rows.reshape(-1)[:-1].tobytes().decode("ascii")
 
-    tokens = tokenizer.encode(prompt, bos=True)
-    answer_mask = np.zeros(tokens.shape, np.int32)
     order = np.argsort(gaps)
-    starts = 1 + (num_pairs + gaps[order]) * size + key_len + 1  # +1: BOS
-    answer_mask[starts[:, None] + np.arange(value_len)] = 1
+    starts = (num_pairs + gaps[order]) * size + key_len + 1  # the queried values' offsets
+    bounds = [0, *np.stack([starts, starts + value_len], 1).ravel().tolist(), len(prompt)]
+    spans = zip(bounds[:-1], bounds[1:], strict=True)
+    pieces = [(prompt[a:b], i % 2 == 1) for i, (a, b) in enumerate(spans)]
+    tokens, answer_mask = tok.encode_marked([p for p in pieces if p[0]])
     answer = " ".join(values[order].view(f"S{value_len}").ravel().astype(str))
     return {
         "prompt": prompt,

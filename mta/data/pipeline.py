@@ -27,12 +27,33 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from mta.config import ConfigError, DataConfig
-from mta.data import mixture
+from mta.config import Config, ConfigError, DataConfig
+from mta.data import mixture, tokenizers
 from mta.data.mixture import Member
 from mta.data.tokenizer import PAD
 
 FIELDS = ("inputs", "targets", "weights")
+
+
+def load_tokenizer(cfg: DataConfig) -> tokenizers.Tokenizer:
+    """The tokenizer of `data.tokenizer`; ConfigError (one line naming the file) if its file
+    is missing, unreadable or of another kind."""
+    try:
+        return tokenizers.load_tokenizer(cfg.tokenizer)
+    except tokenizers.TokenizerError as err:
+        raise ConfigError(f"data.tokenizer.path: {err}") from None
+
+
+def configured_tokenizer(cfg: Config) -> tokenizers.Tokenizer:
+    """`load_tokenizer(cfg.data)`, checked to fit the model: ConfigError unless
+    model.vocab_size >= its vocabulary."""
+    tok = load_tokenizer(cfg.data)
+    if cfg.model.vocab_size < tok.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size: {cfg.model.vocab_size} is smaller than the vocabulary of the "
+            f"{tok.describe()}; set model.vocab_size >= {tok.vocab_size}"
+        )
+    return tok
 
 
 def prepare(cfg: DataConfig) -> list:
@@ -56,8 +77,10 @@ def _prepare_member(cfg: DataConfig, member: Member):
     """Builds one task from its settings (at config key `member.key`.<task>); counts the
     tokens of its records when some could be longer than the rows."""
     where = f"{member.key}.{member.task.name}"
+    load_tokenizer(cfg)
     try:
         config = member.task.make_config(**member.settings.builder_params())
+        config = _with_tokenizer(config, cfg)
         builder = member.task.prepare(config, os.path.expanduser(cfg.data_dir))
     except (TypeError, ValueError) as err:  # CorpusError is a ValueError
         raise ConfigError(f"{where}: {' '.join(str(err).split())}") from None
@@ -69,10 +92,20 @@ def _prepare_member(cfg: DataConfig, member: Member):
     return builder
 
 
+def _with_tokenizer(config, cfg: DataConfig):
+    """A task's TFDS config with data.tokenizer's tokens (unchanged for the byte tokenizer, so
+    byte builds keep their names)."""
+    if cfg.tokenizer.kind == "byte":
+        return config
+    from mta.data import tfds_common
+
+    return tfds_common.with_tokenizer(config, tokenizers.spec(cfg.tokenizer))
+
+
 def _fixed_length(cfg: DataConfig, member: Member) -> int | None:
-    """The row length of a padded single task whose examples all have one length (block),
-    else None."""
-    if member.key != "data" or cfg.packing != "pad":
+    """The row length of a padded single task whose examples all have one length (block, byte
+    tokens; other tokenizers give them lengths that vary), else None."""
+    if member.key != "data" or cfg.packing != "pad" or cfg.tokenizer.kind != "byte":
         return None
     return member.settings.example_length()
 
@@ -186,11 +219,12 @@ def to_example(record: dict, seq_len: int, too_long: str) -> dict | None:
     }
 
 
-def pad_batch(examples: list[dict], seq_len: int) -> dict:
-    """Examples of lengths <= seq_len -> [len(examples), seq_len] arrays, PAD and weight 0 after."""
+def pad_batch(examples: list[dict], seq_len: int, pad_id: int = PAD) -> dict:
+    """Examples of lengths <= seq_len -> [len(examples), seq_len] arrays, pad_id (the
+    tokenizer's pad) and weight 0 after."""
     batch = {
-        "inputs": np.full((len(examples), seq_len), PAD, np.int32),
-        "targets": np.full((len(examples), seq_len), PAD, np.int32),
+        "inputs": np.full((len(examples), seq_len), pad_id, np.int32),
+        "targets": np.full((len(examples), seq_len), pad_id, np.int32),
         "weights": np.zeros((len(examples), seq_len), np.float32),
     }
     for row, example in enumerate(examples):
@@ -199,12 +233,12 @@ def pad_batch(examples: list[dict], seq_len: int) -> dict:
     return batch
 
 
-def read_batch(source, indices, seq_len: int, too_long: str = "drop") -> dict:
+def read_batch(source, indices, seq_len: int, too_long: str = "drop", pad_id: int = PAD) -> dict:
     """Records `indices` of a source, padded to [len(indices), seq_len]; a dropped (too long)
-    example becomes an all-PAD row with weight 0, so batch shapes never change."""
+    example becomes an all-pad row with weight 0, so batch shapes never change."""
     empty = {"inputs": [], "targets": [], "weights": []}
     examples = [to_example(r, seq_len, too_long) for r in source.__getitems__(list(indices))]
-    return pad_batch([e if e is not None else empty for e in examples], seq_len)
+    return pad_batch([e if e is not None else empty for e in examples], seq_len, pad_id)
 
 
 def index_stream(source: mixture.Source, seed: int) -> grain.MapDataset:
@@ -229,9 +263,12 @@ def train_dataset(
     local_batch = global_batch // process_count
     indices = index_stream(source, seed)
     if cfg.packing == "pad":
+        pad_id = load_tokenizer(cfg).pad_id
         batches = indices.batch(global_batch, drop_remainder=True)
         return batches.map(
-            lambda idx: read_batch(source, idx[process_index::process_count], seq_len, cfg.too_long)
+            lambda idx: read_batch(
+                source, idx[process_index::process_count], seq_len, cfg.too_long, pad_id
+            )
         )
     records = indices[process_index::process_count].map(
         lambda i: to_example(source[int(i)], seq_len, cfg.too_long)
@@ -269,7 +306,12 @@ def _rename_packing_fields(batch: dict) -> dict:
 
 
 def eval_batches(
-    source: mixture.MixtureSource, seq_len: int, num_examples: int, batch_size: int, too_long="drop"
+    source: mixture.MixtureSource,
+    seq_len: int,
+    num_examples: int,
+    batch_size: int,
+    too_long="drop",
+    pad_id: int = PAD,
 ):
     """The first `num_examples` of a split in order, as padded batches (the last one smaller).
 
@@ -280,7 +322,7 @@ def eval_batches(
     """
     ranges = mixture.eval_ranges(source, num_examples)
     return [
-        read_batch(source, keys[i : i + batch_size], seq_len, too_long)
+        read_batch(source, keys[i : i + batch_size], seq_len, too_long, pad_id)
         for keys in ranges
         for i in range(0, len(keys), batch_size)
     ]

@@ -78,7 +78,7 @@ class MtaBabi(tfds_common.TaskBuilder):
     def draw(self, rng: np.random.Generator) -> dict:
         c = self.builder_config
         example = babi.generate_example(rng, c.task, c.length)
-        return {**example, **block_task.encode_example(example["prompt"], example["answer"])}
+        return {**example, **block_task.encode_example(example["prompt"], example["answer"], c.tok)}
 
 
 def prepare_babi(config: BabiConfig, data_dir: str) -> tfds.core.DatasetBuilder:

@@ -97,7 +97,8 @@ def _draw(config: BlockTaskConfig, rng: np.random.Generator) -> dict:
     prompt, answer = block_task.generate_example(
         rng, config.n, config.l, config.variant, config.blocks
     )
-    return {**block_task.encode_example(prompt, answer), "prompt": prompt, "answer": answer}
+    tokens = block_task.encode_example(prompt, answer, config.tok)
+    return {**tokens, "prompt": prompt, "answer": answer}
 
 
 def _unique_examples(config: BlockTaskConfig, split: str, exclude: set[bytes]) -> Iterator[dict]:
@@ -113,7 +114,7 @@ def _unique_examples(config: BlockTaskConfig, split: str, exclude: set[bytes]) -
 
 
 class MtaBlockTask(tfds_common.TaskBuilder):
-    """The "find the block" task of the Multi-Token Attention paper (byte tokens)."""
+    """The "find the block" task of the Multi-Token Attention paper."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}

@@ -34,6 +34,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.utils import tqdm_utils
 
+from mta.data import tokenizers
 from mta.data.checks import check_int
 
 SPLITS = ("train", "validation", "test")
@@ -73,6 +74,7 @@ class TaskConfig(tfds.core.BuilderConfig):
     """
 
     seed: int = 0
+    tokenizer: str = "byte"  # tokenizers.spec of the tokenizer: "byte" or "KIND:PATH"
 
     def check(self) -> None:
         """Raises ValueError for invalid task parameters (split sizes and seed are checked too)."""
@@ -97,14 +99,22 @@ class TaskConfig(tfds.core.BuilderConfig):
     @classmethod
     def derive_name(cls, params: dict[str, Any]) -> str:
         """The config name for `params` (missing ones take their defaults): `name_parts`, then
-        `_train{n}`, `_val{n}`, `_test{n}` (split sizes, if the config has them) and
-        `_seed{n}`, each only when not the default."""
+        `_train{n}`, `_val{n}`, `_test{n}` (split sizes, if the config has them),
+        `_seed{n}`, each only when not the default, and `_tok{fingerprint}` for a tokenizer
+        other than bytes (TokenizerError if its file cannot be read)."""
         defaults = cls.defaults()
         params = {**defaults, **params}
         head, options = cls.name_parts(params)
         tags = {"num_train": "train", "num_validation": "val", "num_test": "test", "seed": "seed"}
         options += [(tag, params[key], defaults[key]) for key, tag in tags.items() if key in params]
+        if params["tokenizer"] != "byte":
+            options.append(("tok", tokenizers.from_spec(params["tokenizer"]).fingerprint, None))
         return config_name(head, options)
+
+    @property
+    def tok(self) -> tokenizers.Tokenizer:
+        """The tokenizer of the records."""
+        return tokenizers.from_spec(self.tokenizer)
 
     def parameters(self) -> dict[str, Any]:
         """{parameter: value} of this config."""
@@ -164,6 +174,11 @@ def make_config(
         if other.name == config.name:
             return other
     return config
+
+
+def with_tokenizer(config: TaskConfig, spec: str) -> TaskConfig:
+    """`config` with the tokenizer of `spec` (see `tokenizers.spec`), named after it."""
+    return make_config(type(config), **{**config.parameters(), "tokenizer": spec})
 
 
 def prompt_key(prompt: str | bytes) -> bytes:

@@ -85,7 +85,9 @@ class MtaMqar(tfds_common.TaskBuilder):
 
     def draw(self, rng: np.random.Generator) -> dict:
         c = self.builder_config
-        return mqar.generate_example(rng, c.num_pairs, c.key_len, c.value_len, c.length, c.alpha)
+        return mqar.generate_example(
+            rng, c.num_pairs, c.key_len, c.value_len, c.length, c.alpha, c.tok
+        )
 
 
 def prepare_mqar(config: MqarConfig, data_dir: str) -> tfds.core.DatasetBuilder:

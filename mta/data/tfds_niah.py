@@ -109,7 +109,7 @@ class MtaNiah(tfds_common.TaskBuilder):
         example = niah.generate_example(
             rng, c.num_needles, c.num_asked, c.length, c.depths, c.haystack, c.num_distractors
         )
-        return {**example, **block_task.encode_example(example["prompt"], example["answer"])}
+        return {**example, **block_task.encode_example(example["prompt"], example["answer"], c.tok)}
 
 
 def prepare_niah(config: NiahConfig, data_dir: str) -> tfds.core.DatasetBuilder:

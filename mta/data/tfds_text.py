@@ -17,7 +17,8 @@ from collections.abc import Iterator
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mta.data import text_corpus, tfds_common, tokenizer
+from mta.data import text_corpus, tfds_common
+from mta.data.tokenizers import BYTE, Tokenizer
 
 _ASSIGNMENT_STREAM = len(tfds_common.SPLITS)  # seed stream of the split assignment
 
@@ -99,20 +100,21 @@ def split_assignment(config: TextConfig) -> np.ndarray:
     return assignment
 
 
-def encode_document(data: bytes) -> dict[str, np.ndarray]:
-    """`tokens` int32 [len(data) + 2] = [BOS] + bytes + [EOS]; `answer_mask` int32, 0 on BOS."""
-    tokens = tokenizer.encode(data, bos=True, eos=True)
+def encode_document(data: bytes, tok: Tokenizer = BYTE) -> dict[str, np.ndarray]:
+    """`tokens` int32 [n + 2] = [BOS] + tok's ids of data (bytes: n = len(data)) + [EOS];
+    `answer_mask` int32, 0 on BOS."""
+    tokens = tok.encode_with(data, bos=True, eos=True)
     answer_mask = np.ones(tokens.shape, np.int32)
     answer_mask[0] = 0
     return {"tokens": tokens, "answer_mask": answer_mask}
 
 
 class MtaText(tfds_common.Builder):
-    """Documents of a local corpus (or the bundled Python documentation) as byte tokens."""
+    """Documents of a local corpus (or the bundled Python documentation) as tokens."""
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "Initial release."}
-    DESCRIPTION = "Documents of local .txt/.jsonl files as [BOS] + bytes + [EOS]."
+    DESCRIPTION = "Documents of local .txt/.jsonl files as [BOS] + tokens + [EOS]."
 
     def features(self):
         return tfds.features.FeaturesDict(
@@ -131,11 +133,12 @@ class MtaText(tfds_common.Builder):
         }
 
     def _records(self, assignment: np.ndarray, split: int) -> Iterator[tuple[int, dict]]:
+        tok = self.builder_config.tok
         for index, (name, data) in enumerate(self.builder_config.documents()):
             if assignment[index] == split:
                 # Paths that are not UTF-8 come as surrogate escapes; store their bytes.
                 source = name.encode("utf-8", "surrogateescape")
-                yield index, {**encode_document(data), "source": source}
+                yield index, {**encode_document(data, tok), "source": source}
 
 
 def prepare_text(config: TextConfig, data_dir: str) -> tfds.core.DatasetBuilder:

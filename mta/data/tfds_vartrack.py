@@ -77,7 +77,8 @@ class MtaVartrack(tfds_common.TaskBuilder):
         prompt, answer = vartrack.generate_example(
             rng, c.num_chains, c.num_hops, c.length, c.haystack
         )
-        return {**block_task.encode_example(prompt, answer), "prompt": prompt, "answer": answer}
+        tokens = block_task.encode_example(prompt, answer, c.tok)
+        return {**tokens, "prompt": prompt, "answer": answer}
 
 
 def prepare_vartrack(config: VartrackConfig, data_dir: str) -> tfds.core.DatasetBuilder:

@@ -2,7 +2,7 @@
 step per new token (O(S) per token and layer, MTA included; see mta/attention/decode.py).
 
     completions = generate(model, ["abc.", "hello"], max_new_tokens=32, stop=["."])
-    gen = Generator(model)              # reuse: compiles once per shape, not once per call
+    gen = Generator(model, tok)         # reuse: compiles once per shape, not once per call
     gen(prompts, temperature=0.8, top_k=20, seed=1)
 
 Prompts of different lengths share a batch right-padded: each row reads only its own positions,
@@ -21,14 +21,16 @@ import numpy as np
 from flax import nnx
 
 from mta.attention import decode as cached
-from mta.data.tokenizer import EOS, NUM_BYTES, PAD, encode
+from mta.data.tokenizers import BYTE, Tokenizer
+
+TOKENIZER_EOS = "tokenizer"  # eos_id's default: the tokenizer's eos_id
 
 
 @dataclass(frozen=True, eq=False)
 class Completion:
     """One row's result. tokens: the generated ids [N] (N <= max_new_tokens), up to and
-    including the one that completed a stop string or the eos; text: their decoded bytes
-    (special tokens dropped, utf-8 with replacement) cut before the first stop string;
+    including the one that completed a stop string or the eos; text: their decoded text
+    (special tokens dropped, bad utf-8 replaced) cut before the first stop string;
     finish_reason: "stop" | "eos" | "length"."""
 
     tokens: np.ndarray
@@ -78,7 +80,8 @@ class Generator:
     """Jitted prompt pass, decode step and sampler for one model (its parameters as of
     construction). Call it like `generate` without the model."""
 
-    def __init__(self, model: nnx.Module):
+    def __init__(self, model: nnx.Module, tok: Tokenizer = BYTE):
+        self.tok = tok  # encodes text prompts and stop strings, decodes the outputs
         graphdef, self.state = nnx.split(model)
         self._prefill = jax.jit(functools.partial(_prefill, graphdef), static_argnames="max_len")
         self._decode = jax.jit(functools.partial(_decode, graphdef))
@@ -95,26 +98,27 @@ class Generator:
         top_k: int = 0,
         seed: int = 0,
         stop: Sequence[str | bytes] = (),
-        eos_id: int | None = EOS,
+        eos_id: int | None | str = TOKENIZER_EOS,
         max_len: int | None = None,
         use_cache: bool = True,
         bos: bool = True,
     ) -> list[Completion]:
         """Generates up to max_new_tokens per prompt; see `generate`."""
-        prompt_rows = [_tokens(p, bos) for p in prompts]
+        prompt_rows = [_tokens(self.tok, p, bos) for p in prompts]
         lengths_B = np.array([len(p) for p in prompt_rows], np.int32)
         if not prompt_rows or lengths_B.min() == 0 or max_new_tokens < 1:
             raise ValueError("need at least one non-empty prompt and max_new_tokens >= 1")
         max_len = max_len or int(lengths_B.max()) + max_new_tokens
         if max_len < lengths_B.max() + max_new_tokens:
             raise ValueError(f"max_len {max_len} < longest prompt + max_new_tokens")
-        buffer_BS = np.full((len(prompt_rows), max_len), PAD, np.int32)
+        buffer_BS = np.full((len(prompt_rows), max_len), self.tok.pad_id, np.int32)
         for b, prompt in enumerate(prompt_rows):
             buffer_BS[b, : len(prompt)] = prompt
         stops = [s.encode() if isinstance(s, str) else bytes(s) for s in stop]
         if not all(stops):
             raise ValueError("stop strings must be non-empty")
-        rows = [_Row(stops, eos_id) for _ in prompt_rows]
+        eos_id = self.tok.eos_id if eos_id == TOKENIZER_EOS else eos_id
+        rows = [_Row(self.tok, stops, eos_id) for _ in prompt_rows]
         key = jax.random.key(seed)
 
         if use_cache:
@@ -138,35 +142,33 @@ class Generator:
         return [row.completion() for row in rows]
 
 
-def generate(model: nnx.Module, prompts, max_new_tokens: int = 64, **kwargs) -> list[Completion]:
+def generate(
+    model: nnx.Module, prompts, max_new_tokens: int = 64, tok: Tokenizer = BYTE, **kwargs
+) -> list[Completion]:
     """Generates continuations of prompts with model (a Transformer).
 
-    prompts: strings/bytes (byte-tokenized, with BOS when bos=True) or token id arrays [T_b].
-    temperature 0 is greedy; else sampling with temperature and top_k (0: all tokens), seeded
-    by seed. A row stops at the first of: a stop string (str/bytes, matched on the decoded
-    bytes), the eos_id token (None disables), max_new_tokens. max_len (default longest prompt
+    prompts: strings/bytes (tokenized with `tok`, default bytes, with BOS when bos=True) or
+    token id arrays [T_b]. temperature 0 is greedy; else sampling with temperature and top_k
+    (0: all tokens), seeded by seed. A row stops at the first of: a stop string (str/bytes,
+    matched on the utf-8 of the decoded text; the byte tokenizer: on the raw bytes), the eos_id
+    token (default the tokenizer's; None disables), max_new_tokens. max_len (default longest prompt
     + max_new_tokens) is the cache size. use_cache=False recomputes the full forward per token.
     Returns one Completion per prompt. Build a Generator once to avoid recompiling per call.
     """
-    return Generator(model)(prompts, max_new_tokens, **kwargs)
+    return Generator(model, tok)(prompts, max_new_tokens, **kwargs)
 
 
-def _tokens(prompt, bos: bool) -> np.ndarray:
+def _tokens(tok: Tokenizer, prompt, bos: bool) -> np.ndarray:
     if isinstance(prompt, str | bytes):
-        return encode(prompt, bos=bos)
+        return tok.encode_with(prompt, bos=bos)
     return np.asarray(prompt, np.int32).reshape(-1)
-
-
-def _bytes(tokens: list[int]) -> bytes:
-    """The byte tokens' bytes; special (and out-of-byte-range) ids are dropped."""
-    return bytes(t for t in tokens if 0 <= t < NUM_BYTES)
 
 
 class _Row:
     """The generated tokens of one row and whether (and why) it has finished."""
 
-    def __init__(self, stops: list[bytes], eos_id: int | None):
-        self.stops, self.eos_id = stops, eos_id
+    def __init__(self, tok: Tokenizer, stops: list[bytes], eos_id: int | None):
+        self.tok, self.stops, self.eos_id = tok, stops, eos_id
         self.tokens: list[int] = []
         self.reason: str | None = None
         self.cut: int | None = None  # bytes kept when a stop string ended the row
@@ -182,12 +184,12 @@ class _Row:
         if token == self.eos_id:
             self.reason = "eos"
             return
-        data = _bytes(self.tokens)
+        data = self.tok.decode_bytes(self.tokens)
         found = [i for i in (data.find(s) for s in self.stops) if i >= 0]
         if found:
             self.reason, self.cut = "stop", min(found)
 
     def completion(self) -> Completion:
-        data = _bytes(self.tokens)[: self.cut]
+        data = self.tok.decode_bytes(self.tokens)[: self.cut]
         text = data.decode("utf-8", errors="replace")
         return Completion(np.array(self.tokens, np.int32), text, self.reason or "length")

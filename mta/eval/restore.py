@@ -16,6 +16,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mta.config import Config, ConfigError, load_config
+from mta.data import pipeline, tokenizers
+from mta.data.tokenizers import record
 from mta.train.mesh import make_mesh
 from mta.train.state import TrainSetup
 
@@ -31,6 +33,18 @@ class LoadedModel:
     graphdef: nnx.GraphDef
     params: dict
     mesh: Mesh
+    tok: tokenizers.Tokenizer
+
+
+def workdir_tokenizer(workdir: str | Path, path: str | None = None) -> tokenizers.Tokenizer:
+    """The tokenizer the workdir was trained with: its config's data.tokenizer (the file at
+    `path` instead, if given: a moved copy). ConfigError (one line) if the file cannot be read,
+    does not fit model.vocab_size, or is not the one WORKDIR/tokenizer.json records."""
+    overrides = [] if path is None else [f"data.tokenizer.path={path}"]
+    cfg = load_config(Path(workdir) / "config.yaml", overrides)
+    tok = pipeline.configured_tokenizer(cfg)
+    record.check(workdir, tok)
+    return tok
 
 
 def _manager(workdir: Path) -> ocp.CheckpointManager:
@@ -71,11 +85,15 @@ def _mesh(cfg: Config) -> Mesh:
         return make_mesh(cfg.mesh)
 
 
-def load_model(workdir: str | Path, step: int, rope_theta: float | None = None) -> LoadedModel:
+def load_model(
+    workdir: str | Path, step: int, rope_theta: float | None = None, tokenizer: str | None = None
+) -> LoadedModel:
     """Restores the params of checkpoint `step` of `workdir` onto the shardings of
-    TrainSetup's abstract params (a partial restore: nothing else is read). rope_theta overrides
-    model.rope_theta (length extrapolation); ConfigError for an unreadable checkpoint."""
+    TrainSetup's abstract params (a partial restore: nothing else is read), with its tokenizer
+    (`workdir_tokenizer(workdir, tokenizer)`). rope_theta overrides model.rope_theta (length
+    extrapolation); ConfigError for an unreadable checkpoint or another tokenizer."""
     workdir = Path(workdir)
+    tok = workdir_tokenizer(workdir, tokenizer)
     overrides = [] if rope_theta is None else [f"model.rope_theta={float(rope_theta)!r}"]
     cfg = load_config(workdir / "config.yaml", overrides)
     mesh = _mesh(cfg)
@@ -96,4 +114,4 @@ def load_model(workdir: str | Path, step: int, rope_theta: float | None = None) 
         ) from None
     finally:
         manager.close()
-    return LoadedModel(cfg, step, setup.graphdef, state["params"], mesh)
+    return LoadedModel(cfg, step, setup.graphdef, state["params"], mesh, tok)

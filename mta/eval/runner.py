@@ -22,7 +22,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mta.data import pipeline
-from mta.data.tokenizer import BOS
+from mta.data.tokenizers import BYTE, Tokenizer
 from mta.eval.generate import Generator
 from mta.train.mesh import replicated
 from mta.train.step import forward
@@ -62,12 +62,14 @@ def _token_scores(graphdef, params, batch):
 
 
 class Runner:
-    """A model (graphdef + params on mesh) with jitted teacher-forced scoring and a Generator."""
+    """A model (graphdef + params on mesh) with jitted teacher-forced scoring and a Generator;
+    `tok` (the model's tokenizer) pads, and decodes what it generates."""
 
-    def __init__(self, graphdef: nnx.GraphDef, params: dict, mesh: Mesh, batch_size: int):
+    def __init__(self, graphdef: nnx.GraphDef, params: dict, mesh: Mesh, batch_size: int, tok=BYTE):
         self.params, self.mesh, self.batch_size = params, mesh, batch_size
+        self.tok: Tokenizer = tok
         self._score = jax.jit(functools.partial(_token_scores, graphdef))
-        self._generator = Generator(nnx.merge(graphdef, params))
+        self._generator = Generator(nnx.merge(graphdef, params), tok)
 
     def score(self, records: list[dict]) -> list[Scored]:
         """Scores records with `tokens` and `answer_mask` ([L + 1] each, BOS first)."""
@@ -78,7 +80,7 @@ class Runner:
             empty = {"inputs": [], "targets": [], "weights": []}
             fill = [empty] * (self.batch_size - len(examples))
             length = bucket(max(len(e["inputs"]) for e in examples))
-            batch = pipeline.pad_batch(examples + fill, length)
+            batch = pipeline.pad_batch(examples + fill, length, self.tok.pad_id)
             predicted_BT, logprob_BT = jax.device_get(
                 self._score(self.params, jax.device_put(batch, replicated(self.mesh)))
             )
@@ -101,8 +103,7 @@ class Runner:
         for start in range(0, len(prompts), self.batch_size):
             chunk = [np.asarray(p, np.int32) for p in prompts[start : start + self.batch_size]]
             fill = [chunk[0]] * (self.batch_size - len(chunk))
-            dummy = np.full(bucket(max(len(p) for p in chunk)), ord(" "), np.int32)
-            dummy[0] = BOS
+            dummy = np.full(bucket(max(len(p) for p in chunk)), self.tok.bos_id, np.int32)
             max_len = bucket(len(dummy) + max_new_tokens)
             rows = chunk + fill + [dummy]
             done = self._generator(rows, max_new_tokens, eos_id=None, max_len=max_len)

@@ -13,17 +13,22 @@ import contextlib
 import sys
 import time
 
-from mta.data import pipeline, tfds_common
+from mta.data import pipeline, tfds_common, tokenizers
 from mta.data.tasks import EVALS, TASKS
 from mta.eval.runner import Runner
 from mta.eval.suite import Cell, Spec, Suite, SuiteError, builder_config
 
 
-def load_test_records(cell: Cell, num_examples: int, data_dir: str, seq_len: int = 0) -> list[dict]:
-    """The first num_examples records of the cell's test split, building its dataset on first
-    use (documents: chunks of seq_len + 1 tokens, as the training pipeline cuts them)."""
+def load_test_records(
+    cell: Cell, num_examples: int, data_dir: str, seq_len: int = 0, tok=tokenizers.BYTE
+) -> list[dict]:
+    """The first num_examples records of the cell's test split tokenized by `tok`, building its
+    dataset on first use (documents: chunks of seq_len + 1 tokens, as training cuts them)."""
     task = TASKS[cell.source]
-    source = task.prepare(builder_config(cell, num_examples), data_dir).as_data_source()["test"]
+    config = builder_config(cell, num_examples)
+    if tok.kind != "byte":
+        config = tfds_common.with_tokenizer(config, tokenizers.spec(tok))
+    source = task.prepare(config, data_dir).as_data_source()["test"]
     if task.documents:
         source = pipeline.TextChunks(source, seq_len + 1)
     return [source[i] for i in range(min(num_examples, len(source)))]
@@ -40,7 +45,7 @@ def run_suite(
             for cell in spec.cells():
                 start = time.perf_counter()
                 try:
-                    records = cell_records(cell, spec, suite, data_dir)
+                    records = cell_records(cell, spec, suite, data_dir, runner.tok)
                 except ValueError as err:  # e.g. fewer unique examples than asked for
                     message = " ".join(str(err).split())
                     raise SuiteError(f"tasks.{task} {cell.coords}: {message}") from None
@@ -58,10 +63,12 @@ def run_suite(
     return rows, samples
 
 
-def cell_records(cell: Cell, spec: Spec, suite: Suite, data_dir: str) -> list[dict]:
-    """The cell's test records (building its dataset on first use); a document task's spec
-    gives the chunk length (`seq_len`)."""
+def cell_records(
+    cell: Cell, spec: Spec, suite: Suite, data_dir: str, tok=tokenizers.BYTE
+) -> list[dict]:
+    """The cell's test records tokenized by `tok` (building its dataset on first use); a
+    document task's spec gives the chunk length (`seq_len`)."""
     seq_len = getattr(spec, "seq_len", 0) if TASKS[cell.source].documents else 0
     # TFDS prints its build messages on stdout, which the CLI keeps for its JSON summary.
     with tfds_common.quiet_tfds(), contextlib.redirect_stdout(sys.stderr):
-        return load_test_records(cell, suite.examples(spec), data_dir, seq_len)
+        return load_test_records(cell, suite.examples(spec), data_dir, seq_len, tok)

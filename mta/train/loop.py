@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from mta.config import Config, ConfigError, resume_diff, to_dict, to_yaml
 from mta.data import pipeline
+from mta.data.tokenizers import record as tokenizer_record
 from mta.train import checkpoint
 from mta.train.faults import NonFiniteError, StopRequest
 from mta.train.health import LossSpikeDetector, peak_memory_mb
@@ -101,7 +102,8 @@ def train(
 ) -> dict:
     """Trains to `cfg.train.steps` (or stops after `until_step`, saving a checkpoint there).
 
-    Writes WORKDIR/config.yaml, metrics.jsonl, tensorboard/ and checkpoints/. Returns the last
+    Writes WORKDIR/config.yaml, tokenizer.json (which tokenizer: kind, path, fingerprint),
+    metrics.jsonl, tensorboard/ and checkpoints/. Returns the last
     logged metrics (with the final evaluation), plus `stopped_by` if a signal ended the run early
     (the signal's name, or "another process" when it reached another host).
     Raises ConfigError, NonFiniteError or CheckpointWriteError.
@@ -110,6 +112,8 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     check_resume_config(cfg, workdir, allow_config_change)
+    tok = pipeline.configured_tokenizer(cfg)
+    tokenizer_record.check(workdir, tok)
 
     mesh = make_mesh(cfg.mesh)
     setup = TrainSetup(cfg, mesh)
@@ -124,6 +128,7 @@ def train(
         cfg.eval.num_examples,
         cfg.eval.batch_size,
         cfg.data.too_long,
+        tok.pad_id,
     )
 
     manager, state = checkpoint.open_and_restore(
@@ -133,6 +138,7 @@ def train(
         state = setup.init_state()
     if is_main:
         (workdir / "config.yaml").write_text(to_yaml(cfg))
+        tokenizer_record.write(workdir, tok)
     step = int(state["step"])
     last_step = min(cfg.train.steps, until_step or cfg.train.steps)
 

@@ -70,7 +70,7 @@ def run_block(runner, records, spec, suite) -> tuple[list[dict], list[dict]]:
     exact = [metrics.exact_match(s.correct, s.weights) for s in scored]
     samples = [
         {"prompt": scoring.text(r["prompt"]), "answer": scoring.text(r["answer"])}
-        | {"predicted": scoring.answer_text(s), "exact": e}
+        | {"predicted": scoring.answer_text(s, runner.tok), "exact": e}
         for r, s, e in zip(records, scored, exact, strict=True)
     ]
     row = {"exact_match_error": 100.0 * (1.0 - metrics.mean(exact))}

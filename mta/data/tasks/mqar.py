@@ -54,7 +54,7 @@ def run_mqar(runner, records, spec, suite) -> tuple[list[dict], list[dict]]:
     spans = [metrics.span_accuracy(s.correct, s.weights) for s in scored]
     tokens = sum(float(s.weights.sum()) for s in scored)
     samples = [
-        {"answer": scoring.text(r["answer"]), "predicted": scoring.answer_text(s)}
+        {"answer": scoring.text(r["answer"]), "predicted": scoring.answer_text(s, runner.tok)}
         | {"values_correct": c, "values": n}
         for r, s, (c, n) in zip(records, scored, spans, strict=True)
     ]

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mta.data import niah, tokenizer
+from mta.data import niah
 from mta.data.tasks import scoring
 from mta.data.tasks.base import Cell, Eval, GeneratedSettings, Spec, Task, lazy
 from mta.eval import metrics
@@ -121,9 +121,10 @@ def run_niah_loglik(runner, records, spec, suite) -> tuple[list[dict], list[dict
             rng = np.random.default_rng([spec.seed, index, j])
             candidates = _candidates(values, true, spec.num_candidates, rng)
             for candidate in candidates:
-                continuation = tokenizer.encode(answer[:offset] + candidate)
+                before = runner.tok.encode(answer[:offset])
+                continuation = np.concatenate([before, runner.tok.encode(candidate)])
                 mask = np.zeros(len(prompt) + len(continuation), np.int32)
-                mask[len(prompt) + offset :] = 1
+                mask[len(prompt) + len(before) :] = 1
                 tokens = np.concatenate([prompt, continuation])
                 sequences.append({"tokens": tokens, "answer_mask": mask})
             queries.append((index, true, candidates))

@@ -7,7 +7,7 @@ A scoring function `run(runner, records, spec, suite)` gets a `mta.eval.runner.R
 
 import numpy as np
 
-from mta.data import tokenizer
+from mta.data.tokenizers import Tokenizer
 
 
 def text(value) -> str:
@@ -16,13 +16,14 @@ def text(value) -> str:
 
 
 def prompt_tokens(record: dict) -> np.ndarray:
-    """The prompt's token ids (BOS + prompt bytes): tokens before the first answer token."""
+    """The prompt's token ids (BOS + prompt ids): tokens before the first answer token."""
     return np.asarray(record["tokens"])[: int(np.argmax(np.asarray(record["answer_mask"]) > 0))]
 
 
-def answer_text(scored) -> str:
-    """The teacher-forced argmax over the answer tokens of a `Scored`, as text."""
-    return tokenizer.decode(scored.predicted[scored.weights > 0])
+def answer_text(scored, tok: Tokenizer) -> str:
+    """The teacher-forced argmax over the answer tokens of a `Scored`, decoded by `tok` (the
+    runner's tokenizer)."""
+    return tok.decode(scored.predicted[scored.weights > 0])
 
 
 def answer_loss(scored: list) -> float:
@@ -32,7 +33,8 @@ def answer_loss(scored: list) -> float:
 
 
 def greedy(runner, records, suite) -> list[str]:
-    """Greedy outputs after each record's prompt: the longest answer's length plus
+    """Greedy outputs (decoded text) after each record's prompt: the longest answer's length in
+    bytes (no fewer than its tokens under byte-level and SentencePiece tokenizers) plus
     suite.extra_new_tokens tokens."""
     longest = max(len(bytes(r["answer"])) for r in records)
     return runner.generate([prompt_tokens(r) for r in records], longest + suite.extra_new_tokens)
