@@ -509,7 +509,8 @@ def _check_sources(sources: Any, where: str) -> None:
         return
     if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
         raise ConfigError(
-            f"{where}: data.sources must be a list of sources like {SOURCE_EXAMPLE}; got {sources!r}"
+            f"{where}: data.sources must be a list of sources like {SOURCE_EXAMPLE}; "
+            f"got {sources!r}"
         )
     for index, source in enumerate(sources):
         _check_keys(source, SourceConfig, f"{where}: data.sources[{index}]")

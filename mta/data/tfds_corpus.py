@@ -86,7 +86,9 @@ def load_tokenizer(kind: str, path: str):
 
 
 def features() -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict({"tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32)})
+    return tfds.features.FeaturesDict(
+        {"tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32)}
+    )
 
 
 @functools.cache
@@ -200,11 +202,14 @@ class MtaCorpus(tfds_common.Builder):
         for index, counts in units:
             if not len(counts):
                 os.remove(_unit_path(out_dir, index, split))
+        config = self.builder_config
+        if not kept and split == "train":
+            raise CorpusError(f"{config.path}: empty corpus (no document in {len(units)} files)")
         if not kept:
-            config = self.builder_config
-            what = "no document" if split == "train" else "no validation document"
-            hint = "" if split == "train" else "; raise data.corpus.validation_fraction"
-            raise CorpusError(f"{config.path}: empty corpus ({what} in {len(units)} units){hint}")
+            raise CorpusError(
+                f"{config.path}: no document fell in the validation split (validation_fraction "
+                f"{config.validation_fraction}); raise data.corpus.validation_fraction"
+            )
         template = self._get_filename_template(split)
         for shard, (index, _) in enumerate(kept):
             path = template.sharded_filepath(shard_index=shard, num_shards=len(kept))

@@ -202,7 +202,9 @@ def test_a_prepared_tfds_dataset_by_name(tmp_path):
     cfg = config(tmp_path, tmp_path / "tfds", sources("{path: 'tfds:tiny_text'}"))
     (built,) = pipeline.prepare(cfg.data)
     got = sorted(r.tobytes() for s in ("train", "validation") for r in records(built, s))
-    want = sorted(np.concatenate([[BOS], encode(d), [EOS]]).astype(np.int32).tobytes() for d in docs)
+    want = sorted(
+        np.concatenate([[BOS], encode(d), [EOS]]).astype(np.int32).tobytes() for d in docs
+    )
     assert got == want
 
 

@@ -9,9 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import zstandard
-from test_bad_input import assert_one_error_line, run_train  # beside this file
-
 from conftest import TINY
+from test_bad_input import assert_one_error_line, run_train  # beside this file
 
 LINES = b'{"text": "first"}\n{"text": "second"}\nnot json\n{"body": "no text"}\n{"text": "5th"}\n'
 
@@ -61,7 +60,7 @@ def write(tmp_path: Path, case: str) -> str:
         ("truncated_zst", ["x.jsonl.zst: truncated zstd stream"]),
         ("no_column", ["x.parquet: no column 'text'", "(columns: content)"]),
         ("empty_files", ["empty corpus (the 2 matching files are empty)"]),
-        ("no_documents", ["empty corpus (no document in 1 units)"]),
+        ("no_documents", ["empty corpus (no document in 1 files)"]),
     ],
 )
 def test_bad_sources(tmp_path, case, expected):
