@@ -15,6 +15,9 @@ seq_len, packing and too_long. The members' splits are read as one `MixtureSourc
 offsets[m] + i is record i of member m, so the rest of the pipeline (padding, packing, process
 shares) reads every config the same way.
 
+`data.task: corpus` is read the same way: each of `data.sources` is one member (its own TFDS
+build) weighted by its `weight` (see mta/data/tasks/corpus.py).
+
 A source of one member streams its records reshuffled every epoch, exactly as a single task
 always has (so runs resume onto the same batches).
 
