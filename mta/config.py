@@ -636,6 +636,7 @@ HARMLESS_ON_RESUME = (
     "checkpoint.keep",
     "checkpoint.async_save",
     "data.data_dir",
+    "data.corpus.workers",  # the same records with any number of workers
     "mesh.",
 )
 
