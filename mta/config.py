@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from mta.data.tasks import TASKS  # the task registry: light modules, no TFDS
+from mta.data.tasks.corpus import SOURCE_EXAMPLE, SourceConfig, check_source
 
 
 class ConfigError(ValueError):
@@ -130,6 +131,9 @@ class _DataConfig:
     # The members of task `mix`, e.g. [{task: mqar, weight: 0.4, mqar: {num_pairs: 8}},
     # {task: block, weight: 0.6, block: {num_blocks: 5}}] (see mta/data/mixture.py).
     mixture: list[MixtureMember] = field(default_factory=list)
+    # The sources of task corpus, e.g. [{path: "shards/**/*.jsonl.zst", weight: 0.3, text_key:
+    # text}, {path: "tfds:lm1b", weight: 0.7}] (see mta/data/tasks/corpus.py).
+    sources: list[SourceConfig] = field(default_factory=list)
 
 
 DataConfig = _with_task_settings(_DataConfig)
@@ -371,6 +375,7 @@ def _validate_data(data: DataConfig) -> None:
     a weight > 0 and settings only in its own task's section."""
     for name in TASKS:
         _check_settings(getattr(data, name), f"data.{name}")
+    _validate_sources(data)
     if data.task != "mix":
         if data.mixture:
             raise ConfigError(
@@ -389,6 +394,10 @@ def _validate_data(data: DataConfig) -> None:
             raise ConfigError(f"{key}.task: got {member.task!r}; allowed: {', '.join(TASKS)}")
         if not (math.isfinite(member.weight) and member.weight > 0):
             raise ConfigError(f"{key}.weight: got {member.weight}; must be a finite number > 0")
+        if member.task == "corpus":
+            raise ConfigError(
+                f"{key}.task: corpus is not a mixture member; weight its sources in data.sources"
+            )
         _check_settings(getattr(member, member.task), f"{key}.{member.task}")
         for name, task in TASKS.items():
             if name != member.task and getattr(member, name) != task.settings():
@@ -411,6 +420,25 @@ def _validate_tokenizer(tok: TokenizerConfig) -> None:
             f"data.tokenizer.path: empty; a {tok.kind} tokenizer needs its file (make one with "
             "`mta tokenizer train`)"
         )
+
+
+def _validate_sources(data: DataConfig) -> None:
+    """data.sources: each source complete and weighted, set only with data.task: corpus, which
+    needs at least one."""
+    if data.sources and data.task != "corpus":
+        raise ConfigError(
+            f"data.sources: set, but data.task is {data.task!r}; use data.task: corpus to train "
+            "on them"
+        )
+    if data.task == "corpus" and not data.sources:
+        raise ConfigError(
+            f"data.sources: empty; data.task: corpus needs a list of sources like {SOURCE_EXAMPLE}"
+        )
+    for index, source in enumerate(data.sources):
+        try:
+            check_source(source)
+        except ValueError as err:
+            raise ConfigError(f"data.sources[{index}].{_one_line(err)}") from None
 
 
 def _legacy_params(params: Any, task: str, where: str) -> dict:
@@ -456,6 +484,7 @@ def _data_layer(layer: DictConfig, merged: DictConfig, where: str) -> DictConfig
     container = OmegaConf.to_container(layer)
     data = container["data"]
     _upgrade(data, data.get("task", merged.data.task), "data", where)
+    _check_sources(data.get("sources"), where)
     mixture = data.get("mixture")
     if mixture is None:
         return OmegaConf.create(container)
@@ -491,6 +520,20 @@ def _data_layer(layer: DictConfig, merged: DictConfig, where: str) -> DictConfig
         updated = [OmegaConf.merge(m, members.get(i, {})) for i, m in enumerate(current)]
         data["mixture"] = [OmegaConf.to_container(m) for m in updated]
     return OmegaConf.create(container)
+
+
+def _check_sources(sources: Any, where: str) -> None:
+    """data.sources of a layer: a list of mappings of SourceConfig's keys (OmegaConf would
+    name an unknown key without the source's index)."""
+    if sources is None:
+        return
+    if not isinstance(sources, list) or not all(isinstance(s, dict) for s in sources):
+        raise ConfigError(
+            f"{where}: data.sources must be a list of sources like {SOURCE_EXAMPLE}; "
+            f"got {sources!r}"
+        )
+    for index, source in enumerate(sources):
+        _check_keys(source, SourceConfig, f"{where}: data.sources[{index}]")
 
 
 def _check_keys(given: dict, schema: type, where: str) -> None:
@@ -581,6 +624,8 @@ def validate(cfg: Config) -> None:
         )
     _validate_data(cfg.data)
     _validate_tokenizer(cfg.data.tokenizer)
+    if cfg.data.task == "corpus" and cfg.eval.split == "test":
+        raise ConfigError("eval.split: got 'test'; a corpus has only train and validation splits")
     for axis in ("data", "fsdp", "tensor"):
         size = getattr(cfg.mesh, axis)
         if size == 0 or size < -1:
@@ -612,6 +657,7 @@ HARMLESS_ON_RESUME = (
     "checkpoint.keep",
     "checkpoint.async_save",
     "data.data_dir",
+    "data.corpus.workers",  # the same records with any number of workers
     "mesh.",
 )
 

@@ -91,10 +91,24 @@ def test_train(tmp_path, tiny_overrides):
 
 def test_data(tmp_path, tiny_overrides):
     args = ["data", "--config", "configs/toy/block_baseline_cpu.yaml", *tiny_overrides]
-    (record,) = run_ok(tmp_path, *args, "--batches", 3, "--train-steps", 1)
+    (record,) = run_ok(tmp_path, *args, "--batches", 3, "--train-steps", 1, "--corpus-mb", 0)
     for key in ("data_tokens_per_s", "train_tokens_per_s", "ratio"):
         assert record[key] > 0, key
     assert isinstance(record["met"], bool) and record["target"] == ">= 10"
+
+
+def test_data_ingests_a_generated_corpus(tmp_path, tiny_overrides):
+    config = ["--config", "configs/toy/block_baseline_cpu.yaml", *tiny_overrides, "data.seq_len=64"]
+    args = ["data", *config, "--corpus-mb", 0.5]
+    records = run_ok(tmp_path, *args, "--workers", 1, 2, "--batches", 2, "--train-steps", 1)
+    ingest, read = records[:2], records[2]
+    assert [r["workers"] for r in ingest] == [1, 2] and read["measure"] == "read"
+    assert ingest[0]["tokens"] == ingest[1]["tokens"] > 0.4 * 2**20  # the same records
+    for record in ingest:
+        assert record["status"] == "ok" and record["files"] == 8
+        assert record["ingest_tokens_per_s"] > 0 and record["peak_rss_mb"] > 0
+    assert ingest[1]["worker_peak_rss_mb"] > 0  # 2 workers: spawned processes
+    assert read["data_tokens_per_s"] > 0 and read["seq_len"] == 64
 
 
 def test_markdown_section_is_rewritten_in_place(tmp_path):

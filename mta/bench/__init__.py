@@ -3,7 +3,7 @@
     attention.py  forward+backward time and peak memory of attention variants vs T
     train.py      tokens/s and MFU of full training steps
     decode.py     per-token latency: cached vs recomputed decoding
-    data.py       input pipeline tokens/s vs training tokens/s
+    data.py       corpus ingestion tokens/s and peak RSS; input pipeline vs training tokens/s
     harness.py    configs, machine info, JSON-lines records, timing, matmul probe, memory,
                   fresh subprocesses per configuration (their side: child.py)
     markdown.py   a run's section of docs/benchmarks.md

@@ -5,13 +5,14 @@ item. A failure is reported as the item's status and ends the row there."""
 import json
 import sys
 
-from mta.bench import attention, decode
+from mta.bench import attention, data, decode
 from mta.bench.harness import RESULT_PREFIX, looks_oom
 
 MEASURE = {
     "attention": attention.measure,
     "decode": decode.measure,
     "model_decode": decode.measure_model,
+    "ingest": data.measure_ingest,
 }
 
 

@@ -3,7 +3,7 @@
     mta bench attention --T 512 1024 2048 --repeats 5
     mta bench train --config configs/toy/block_mta_cpu.yaml train.batch_size=16
     mta bench decode --contexts 1024 --model-config configs/toy/block_mta_cpu.yaml
-    mta bench data
+    mta bench data --config configs/lm/small_baseline.yaml --corpus-mb 2048 --workers 1 2
     mta bench decode --out docs/bench_results.jsonl --markdown docs/benchmarks.md
 
 (`python scripts/bench.py ...` in a checkout is the same command.)
@@ -26,7 +26,13 @@ import sys
 from mta.bench import BENCHMARKS, attention, decode, train
 from mta.bench.harness import Recorder, UserError, load_cfg
 from mta.bench.markdown import newest_run, write_markdown
-from mta.cli.args import command_parser, non_negative_int, positive_float, positive_int
+from mta.cli.args import (
+    command_parser,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+)
 
 SCRIPT = ("python", "scripts/bench.py")  # how records name the command when run as a script
 
@@ -120,11 +126,17 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     _subprocess_options(dec, timeout=600)
     _common(dec)
 
-    data = _subparser(sub, "data", "input pipeline tokens/s vs training tokens/s")
+    data = _subparser(sub, "data", "corpus ingestion tokens/s and RSS; pipeline vs training")
     data.add_argument("--config", default=train.DEFAULT_CONFIGS[0], help="YAML config")
     data.add_argument("overrides", nargs="*", help="dotted overrides")
     data.add_argument("--batches", type=positive_int, default=50, help="timed batches")
     data.add_argument("--train-steps", type=positive_int, default=5, help="timed train steps")
+    data.add_argument(
+        "--corpus-mb", type=non_negative_float, default=64,
+        help="MB of generated jsonl.zst corpus to ingest, then read (0: read the config's data)",
+    )  # fmt: skip
+    data.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2], help="ingest")
+    data.add_argument("--timeout", type=positive_float, default=3600, help="s per ingestion")
     _common(data)
     return parser
 

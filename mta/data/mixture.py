@@ -15,6 +15,9 @@ seq_len, packing and too_long. The members' splits are read as one `MixtureSourc
 offsets[m] + i is record i of member m, so the rest of the pipeline (padding, packing, process
 shares) reads every config the same way.
 
+`data.task: corpus` is read the same way: each of `data.sources` is one member (its own TFDS
+build) weighted by its `weight` (see mta/data/tasks/corpus.py).
+
 A source of one member streams its records reshuffled every epoch, exactly as a single task
 always has (so runs resume onto the same batches).
 
@@ -31,6 +34,7 @@ exactly, so they would only add a floor to the exact-match error (their loss is 
 loss, and `scripts/eval.py --suite` measures perplexity). Per-task results come from the suite.
 """
 
+import os
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -39,6 +43,7 @@ import numpy as np
 
 from mta.config import DataConfig
 from mta.data.tasks import TASKS, Task
+from mta.data.tasks.corpus import SourceBuild
 
 WINDOW = 1024  # keys shuffled together after mixing
 
@@ -56,12 +61,23 @@ class Member(NamedTuple):
 def members(cfg: DataConfig) -> list[Member]:
     """The tasks of a data config: [data.task with its section data.<task>], or with task mix
     every member of data.mixture with its section data.mixture[i].<task>."""
+    if cfg.task == "corpus":  # one member per source (see mta/data/tasks/corpus.py)
+        return [
+            Member(f"data.sources[{i}]", TASKS["corpus"], build, source.weight)
+            for i, (source, build) in enumerate(zip(cfg.sources, source_builds(cfg), strict=True))
+        ]
     if cfg.task != "mix":
         return [Member("data", TASKS[cfg.task], getattr(cfg, cfg.task), 1.0)]
     return [
         Member(f"data.mixture[{i}]", TASKS[m.task], getattr(m, m.task), m.weight)
         for i, m in enumerate(cfg.mixture)
     ]
+
+
+def source_builds(cfg: DataConfig) -> list[SourceBuild]:
+    """The build settings of each of data.sources."""
+    data_dir = os.path.expanduser(cfg.data_dir)
+    return [SourceBuild(source, cfg.corpus, cfg.tokenizer, data_dir) for source in cfg.sources]
 
 
 class Source:

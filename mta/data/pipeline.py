@@ -76,7 +76,7 @@ def _prepare(cfg: DataConfig) -> list:
 def _prepare_member(cfg: DataConfig, member: Member):
     """Builds one task from its settings (at config key `member.key`.<task>); counts the
     tokens of its records when some could be longer than the rows."""
-    where = f"{member.key}.{member.task.name}"
+    where = member.key if member.task.name == "corpus" else f"{member.key}.{member.task.name}"
     load_tokenizer(cfg)
     try:
         config = member.task.make_config(**member.settings.builder_params())
@@ -124,24 +124,29 @@ def sequence_length(cfg: DataConfig) -> int:
 
 class TextChunks(mixture.Source):
     """A random-access view of a text split as chunks of at most `chunk_len` tokens (the last
-    chunk of a document may be shorter). Indexing the chunks reads each record's length once."""
+    chunk of a document may be shorter), indexed from the records' token counts (`lengths`,
+    int [records]; None: read from the records). Records without `answer_mask` (corpus) count
+    the loss on every token."""
 
-    def __init__(self, source, chunk_len: int):
+    def __init__(self, source, chunk_len: int, lengths: np.ndarray | None = None):
         self.source, self.chunk_len = source, chunk_len
-        self.index = [
-            (record, start)
-            for record in range(len(source))
-            for start in range(0, max(len(source[record]["tokens"]) - 1, 1), chunk_len - 1)
-        ]
+        if lengths is None:
+            lengths = np.array([len(source[r]["tokens"]) for r in range(len(source))], np.int64)
+        per_record = np.maximum(lengths - 1 + chunk_len - 2, chunk_len - 1) // (chunk_len - 1)
+        self.records = np.repeat(np.arange(len(lengths)), per_record)  # [chunks]
+        first = np.cumsum(per_record) - per_record  # each record's first chunk
+        self.starts = (np.arange(len(self.records)) - first[self.records]) * (chunk_len - 1)
 
     def __len__(self):
-        return len(self.index)
+        return len(self.records)
 
     def __getitem__(self, i):
-        record, start = self.index[i]
-        item = self.source[record]
-        end = start + self.chunk_len
-        return {"tokens": item["tokens"][start:end], "answer_mask": item["answer_mask"][start:end]}
+        item = self.source[int(self.records[i])]
+        start = int(self.starts[i])
+        tokens = item["tokens"][start : start + self.chunk_len]
+        mask = item.get("answer_mask")
+        mask = np.ones_like(tokens) if mask is None else mask[start : start + self.chunk_len]
+        return {"tokens": tokens, "answer_mask": mask}
 
 
 def split_source(builders: list, cfg: DataConfig, split: str, seq_len: int):
@@ -169,7 +174,9 @@ def _open(builder, cfg: DataConfig, member: Member, split: str, seq_len: int):
     """(source, (name, too long, examples) or None) of one task's split; see split_source."""
     source = builder.as_data_source()[split]
     if member.task.documents:
-        return TextChunks(source, seq_len + 1), None
+        from mta.data import tfds_common
+
+        return TextChunks(source, seq_len + 1, tfds_common.token_lengths(builder, split)), None
     if not _can_be_too_long(cfg, member):
         return source, None
     from mta.data import tfds_common

@@ -45,7 +45,7 @@ def test_text_chunks_cover_every_document_exactly(text):
     _, chunks = text
     by_record = {}
     for i in range(len(chunks)):
-        record, _ = chunks.index[i]
+        record = int(chunks.records[i])
         piece = chunks[i]["tokens"]
         assert 2 <= len(piece) <= SEQ + 1
         by_record.setdefault(record, []).append(piece)

@@ -95,3 +95,25 @@ def test_two_processes_read_disjoint_shares_of_one_stream(data_dir, tmp_path, pa
         shares = [set().union(*(documents(b) for b in part)) for part in parts]
         assert len(shares[0]) > 4 and len(shares[1]) > 4
         assert not shares[0] & shares[1]
+
+
+def test_two_processes_read_disjoint_shares_of_a_corpus(tmp_path):
+    (tmp_path / "s").mkdir()
+    for name in ("a", "b"):
+        # more records than a member's share of mixture.WINDOW: no record twice in a window
+        lines = [f'{{"text": "{name} document {i} {"x" * (i % 50)}"}}' for i in range(1200)]
+        (tmp_path / "s" / f"{name}.jsonl").write_text("\n".join(lines))
+    args = [
+        "data.task=corpus",
+        f"data.sources=[{{path: '{tmp_path}/s/a.jsonl', weight: 2}}, {{path: '{tmp_path}/s/b*'}}]",
+        "data.seq_len=96",
+        "data.packing=pack",
+        "data.corpus.validation_fraction=0.1",
+        f"data.data_dir={tmp_path / 'tfds'}",
+        "train.batch_size=8",
+    ]
+    first_batches(args, 1)  # builds the corpus before the processes start
+    parts = run_two_processes(tmp_path, args)
+    shares = [set().union(*(documents(b) for b in part)) for part in parts]
+    assert len(shares[0]) > 4 and len(shares[1]) > 4
+    assert not shares[0] & shares[1]

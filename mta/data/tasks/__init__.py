@@ -18,6 +18,7 @@ MODULES = (
     "babi",
     "vartrack",
     "text",
+    "corpus",
 )
 
 TASKS: dict[str, Task] = {
