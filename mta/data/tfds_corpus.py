@@ -23,11 +23,11 @@ removing or modifying a file therefore names (and builds) a new dataset.
 
 import dataclasses
 import functools
-import types
 import json
 import multiprocessing
 import os
 import sys
+import types
 from collections.abc import Iterable, Iterator
 
 import numpy as np
