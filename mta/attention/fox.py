@@ -7,8 +7,10 @@ token, f_t = sigmoid(w_f . x_t + b_f), and query i reads key j <= i with the bia
     out_i = sum_j softmax_j(q_i . k_j / sqrt(D) + D_ij) v_j
 
 With f = 1 it is the baseline. The gate's log is given per key position, log_f [B, S, H] (the
-queries are the last T of the S positions). Packed documents need no reset of the cumulative
-sum: a pair inside one (contiguous) document sums only that document's gates, and pairs across
+queries are the last T of the S positions). Packed documents: the cumulative sum restarts at
+each document's first token (a segmented scan), so c_i - c_j of a pair inside a document
+involves only that document's gates, exactly and in rounding too (a plain cumsum would carry
+earlier documents' gates into both terms and leak ~1e-8 through them), and pairs across
 documents are masked. Cached decoding keeps c_j of every cached key (LayerCache.key_bias).
 """
 
@@ -32,6 +34,24 @@ def log_forget_gate(gate_logits_BTH: jax.Array) -> jax.Array:
     return jax.nn.log_sigmoid(gate_logits_BTH.astype(jnp.float32))
 
 
+def cumulative_log_forget(log_f_BSH, segment_ids=None) -> jax.Array:
+    """c [B, H, S] float32: c_t = sum of log f_l over l <= t in t's document (the whole row
+    without segment_ids)."""
+    log_f_BHS = rearrange(log_f_BSH.astype(jnp.float32), "b s h -> b h s")
+    if segment_ids is None:
+        return jnp.cumsum(log_f_BHS, axis=-1)
+    starts_BS = jnp.concatenate(
+        [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], 1
+    )
+
+    def combine(left, right):  # restart the sum where a document starts
+        (sum_l, start_l), (sum_r, start_r) = left, right
+        return jnp.where(start_r, sum_r, sum_l + sum_r), start_l | start_r
+
+    starts_BHS = jnp.broadcast_to(starts_BS[:, None], log_f_BHS.shape)
+    return jax.lax.associative_scan(combine, (log_f_BHS, starts_BHS), axis=-1)[0]
+
+
 def forgetting_attention(
     q_BTHD, k_BSKD, v_BSKD, log_f_BSH, segment_ids=None, impl="dense", chunk=CHUNK
 ) -> jax.Array:
@@ -41,7 +61,7 @@ def forgetting_attention(
     map at once) or the chunked O(T)-memory path (mta.attention.chunked.use_chunks)."""
     check_segments(segment_ids, q_BTHD.shape, k_BSKD.shape)
     num_t, num_s = q_BTHD.shape[1], k_BSKD.shape[1]
-    c_BHS = jnp.cumsum(rearrange(log_f_BSH.astype(jnp.float32), "b s h -> b h s"), axis=-1)
+    c_BHS = cumulative_log_forget(log_f_BSH, segment_ids)
     if not use_chunks(impl, q_BTHD.shape, k_BSKD.shape):
         bias_BHTS = c_BHS[:, :, num_s - num_t :, None] - c_BHS[:, :, None, :]
         logits = attention_logits(q_BTHD, k_BSKD) + bias_BHTS
@@ -65,7 +85,7 @@ def fox_prefill(q, k, v, log_f_BTH, lengths, max_len: int, impl="dense"):
     out_BTHD = forgetting_attention(q, k, v, log_f_BTH, impl=impl)
     lengths_B = jnp.asarray(lengths, jnp.int32)
     k_BKSD, v_BKSD = cached._pad_to_cache(k, v, lengths_B, max_len)
-    c_BHT = jnp.cumsum(rearrange(log_f_BTH.astype(jnp.float32), "b t h -> b h t"), axis=-1)
+    c_BHT = cumulative_log_forget(log_f_BTH)
     c_BHT = jnp.where(jnp.arange(q.shape[1]) < lengths_B[:, None, None], c_BHT, 0.0)
     key_bias = jnp.pad(c_BHT, ((0, 0), (0, 0), (0, max_len - q.shape[1])))
     no_rows = jnp.zeros((q.shape[0], q.shape[2], 0, max_len), jnp.float32)
