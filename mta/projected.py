@@ -80,8 +80,9 @@ class _Projected(nnx.Module):
     def _project(self, x, w, num_in: int = 1):
         return project(x, w[...].astype(self.dtype), num_in, tuned_vjp(self.tuned))
 
-    def _output(self, out_BTHD, x_BTE):
-        """The head norm, the output gate and the output projection: [B, T, H, Dv] -> [B, T, E]."""
+    def _output(self, out_BTHD, x_BTE=None):
+        """The head norm, the output gate (read from the layer input x, which it then needs)
+        and the output projection: [B, T, H, Dv] -> [B, T, E]."""
         out_BTHD = self._norm(out_BTHD)
         if hasattr(self, "gate_out"):
             gate_logits = self._project(x_BTE.astype(self.dtype), self.gate_out)
