@@ -38,7 +38,9 @@ class KQConvConfig:
 class AttentionConfig:
     """Attention variant. With every MTA part off this is standard causal attention."""
 
-    kind: str = "softmax"  # softmax (baseline, talking heads, MTA) | diff (DIFF Transformer)
+    # softmax (baseline, talking heads, MTA) | diff (DIFF Transformer) | fox (forgetting
+    # attention: a per-head forget gate biases the logits) | stick_breaking (no softmax)
+    kind: str = "softmax"
     # reference (the paper's equations, plain autodiff) | dense (tuned for XLA:CPU) | blockwise
     # (O(T) memory) | auto (dense on CPU, reference elsewhere, blockwise when maps are too big)
     impl: str = "auto"
@@ -60,6 +62,16 @@ class AttentionConfig:
     kernel_init: str = "identity"
     kernel_init_value: float = 0.3  # the constant of `constant`, the half-width of `uniform`
     decay_mta_params: bool = True  # apply weight decay to MTA kernels, mixing and norm weights
+    # RoPE on q and k: auto (on, except for fox and stick_breaking, which need no positional
+    # embedding) | on | off
+    rope: str = "auto"
+    qk_norm: bool = False  # per-head RMSNorm of q and k, one [D] weight per head (FoX "Pro")
+    # Gated attention: a sigmoid gate from the layer input on each head's output, before the
+    # output projection: none | elementwise (one per channel; FoX "Pro"'s output gate) | headwise
+    output_gate: str = "none"
+    # stick_breaking: the query's own key breaks the stick like the others (no remainder);
+    # false is the reference release's form (keys before the query, remainder on its own value)
+    attend_current: bool = False
 
 
 @dataclass
@@ -83,6 +95,11 @@ class ModelConfig:
     # Disabled, the model is plain autodiff (jax.jvp works, except through impl blockwise).
     tuned_vjp: str = "auto"
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    # Canon layers (a short causal depthwise conv on the normed hidden states, with a residual)
+    # at places A (before attention) and C (before the MLP): none | A | C | AC
+    canon: str = "none"
+    canon_kernel: int = 4  # taps of each Canon conv: the current token and the K - 1 previous
+    canon_residual: bool = True  # add the conv's input to its output
 
 
 def _with_task_settings(base: type) -> type:
@@ -218,7 +235,10 @@ class Config:
 
 
 CHOICES = {
-    "model.attention.kind": ("softmax", "diff"),
+    "model.attention.kind": ("softmax", "diff", "fox", "stick_breaking"),
+    "model.attention.rope": ("auto", "on", "off"),
+    "model.attention.output_gate": ("none", "elementwise", "headwise"),
+    "model.canon": ("none", "A", "C", "AC"),
     "model.attention.impl": ("reference", "dense", "blockwise", "auto"),
     "model.tuned_vjp": ("auto", "enabled", "disabled"),
     "model.attention.head_pre": ("none", "linear", "grouped", "conv3d"),
@@ -244,6 +264,7 @@ POSITIVE = (
     "model.mlp_hidden",
     "model.rope_theta",
     "model.norm_eps",
+    "model.canon_kernel",
     "model.attention.kq_pre.c_q",
     "model.attention.kq_pre.c_k",
     "model.attention.kq_post.c_q",
@@ -600,6 +621,21 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             "model.attention.kind: diff does not combine with key-query convolution or head "
             "mixing; set them off or use kind: softmax"
+        )
+    if a.kind in ("fox", "stick_breaking") and (
+        a.kq_pre.enabled
+        or a.kq_post.enabled
+        or a.head_pre != "none"
+        or a.head_post != "none"
+        or a.group_norm != "none"
+    ):
+        raise ConfigError(
+            f"model.attention.kind: {a.kind} does not combine with key-query convolution, head "
+            "mixing or group_norm; set them off or use kind: softmax"
+        )
+    if a.attend_current and a.kind != "stick_breaking":
+        raise ConfigError(
+            "model.attention.attend_current: only stick_breaking attention has it; set it false"
         )
     if a.kind == "diff" and a.group_norm != "none":
         raise ConfigError(

@@ -18,6 +18,9 @@ from flax import nnx
 
 from mta.attention import (
     attention_weights,
+    canon_conv,
+    canon_step,
+    canon_window,
     diff_head_norm,
     diff_lambda,
     diff_lambda_init,
@@ -26,13 +29,11 @@ from mta.attention import (
     tuned_vjp,
 )
 from mta.attention import decode as cached
-from mta.layers import RMSNorm, apply_rope, param, project, rms_norm
-from mta.parallel import constrain_batch, over_heads
+from mta.layers import RMSNorm, apply_rope, param, project, rms_norm  # noqa: F401 (re-exported)
+from mta.parallel import constrain_batch
+from mta.projected import _normal, _Projected
 from mta.settings import AttentionSettings, ModelSettings
-
-
-def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float) -> jax.Array:
-    return std * jax.random.normal(rngs.params(), shape, jnp.float32)
+from mta.variants import FoxAttention, StickBreakingAttention
 
 
 def kq_kernel_init(shape: tuple[int, ...], kind: str, value: float, rngs: nnx.Rngs) -> jax.Array:
@@ -51,78 +52,6 @@ def kq_kernel_init(shape: tuple[int, ...], kind: str, value: float, rngs: nnx.Rn
 def grouped_identity(num_heads: int, group: int) -> jax.Array:
     """Identity head mixing in the grouped layout [H / c_h, c_h (in), c_h (out)]."""
     return jnp.tile(jnp.eye(group, dtype=jnp.float32), (num_heads // group, 1, 1))
-
-
-class _Projected(nnx.Module):
-    """What every attention layer shares: q/k/v/o projections, RoPE, the tensor-parallel call
-    of the core and cached decoding. Subclasses define the core (_attend, _prefill, _step) and
-    what happens to the head outputs before the output projection (_norm)."""
-
-    def _projections(self, m: ModelSettings, s: AttentionSettings, rngs, q_heads, kv_heads, v_dim):
-        """wq [E, q_heads, D], wk [E, kv_heads, D], wv [E, K, v_dim], wo [H, v_dim, E]."""
-        std = m.init_std
-        out_std = std / math.sqrt(2 * m.num_layers) if m.scale_output_init else std
-        self.wq = param(_normal(rngs, (m.dim, q_heads, s.head_dim), std), ("embed", "heads", None))
-        self.wk = param(
-            _normal(rngs, (m.dim, kv_heads, s.head_dim), std), ("embed", "kv_heads", None)
-        )
-        self.wv = param(
-            _normal(rngs, (m.dim, s.num_kv_heads, v_dim), std), ("embed", "kv_heads", None)
-        )
-        self.wo = param(
-            _normal(rngs, (s.num_heads, v_dim, m.dim), out_std), ("heads", None, "embed")
-        )
-        self.settings, self.rope_theta, self.eps = s, m.rope_theta, m.norm_eps
-        self.dtype, self.tuned = jnp.dtype(m.compute_dtype), m.tuned
-
-    def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
-        """x [B, T, E] -> [B, T, E]."""
-        q, k, v = self._qkv(x_BTE, positions_BT)
-        out_BTHD = over_heads(
-            self._attend,
-            q,
-            k,
-            v,
-            self._core_params(),
-            segment_ids_BT,
-            self.settings.split_heads,
-            split_kv=self.settings.num_kv_heads > 1,
-        )
-        return self._output(out_BTHD)
-
-    def _qkv(self, x_BTE, positions_BT):
-        """Projections and RoPE on q and k."""
-        x = x_BTE.astype(self.dtype)
-        q, k, v = (self._project(x, w) for w in (self.wq, self.wk, self.wv))
-        return (
-            apply_rope(q, positions_BT, self.rope_theta),
-            apply_rope(k, positions_BT, self.rope_theta),
-            v,
-        )
-
-    def _project(self, x, w, num_in: int = 1):
-        return project(x, w[...].astype(self.dtype), num_in, tuned_vjp(self.tuned))
-
-    def _output(self, out_BTHD):
-        """The head norm and the output projection: [B, T, H, Dv] -> [B, T, E]."""
-        return self._project(self._norm(out_BTHD), self.wo, 2)
-
-    # ---- Cached decoding (mta/attention/decode.py; driven by mta/eval/generate.py) ----------
-
-    def prefill(self, x_BTE, lengths_B, max_len: int):
-        """Prompt pass: x [B, T, E] right-padded (row b's tokens at 0..lengths[b]-1)
-        -> ([B, T, E], LayerCache of max_len positions)."""
-        positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])
-        q, k, v = self._qkv(x_BTE, positions_BT)
-        out_BTHD, cache = self._prefill(q, k, v, lengths_B, max_len)
-        return self._output(out_BTHD), cache
-
-    def decode(self, x_B1E, cache):
-        """One token per row at position cache.lengths, reading the cache:
-        x [B, 1, E] -> ([B, 1, E], CacheUpdate for cached.commit)."""
-        q, k, v = self._qkv(x_B1E, cache.lengths[:, None])
-        out_B1HD, update = self._step(q, k, v, cache)
-        return self._output(out_B1HD), update
 
 
 class Attention(_Projected):
@@ -226,6 +155,14 @@ class DiffAttention(_Projected):
         return diff_head_norm(out_BTHD, self.head_norm[...], self.lambda_init, self.eps)
 
 
+ATTENTION = {
+    "softmax": Attention,
+    "diff": DiffAttention,
+    "fox": FoxAttention,
+    "stick_breaking": StickBreakingAttention,
+}
+
+
 class MLP(nnx.Module):
     """SwiGLU: down(silu(x @ gate) * (x @ up))."""
 
@@ -246,33 +183,73 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+    """Pre-norm block: x + attention(norm(x)), then x + MLP(norm(x)); Canon layers (A before
+    attention, C before the MLP) convolve the normed states where model.canon asks for them."""
+
     def __init__(self, m: ModelSettings, s: AttentionSettings, rngs: nnx.Rngs):
         self.attn_norm = RMSNorm(m.dim, m.norm_eps)
-        self.attn = (DiffAttention if s.kind == "diff" else Attention)(m, s, rngs)
+        self.attn = ATTENTION[s.kind](m, s, rngs)
         self.mlp_norm = RMSNorm(m.dim, m.norm_eps)
         self.mlp = MLP(m, rngs)
         self.remat = m.remat
+        self.canon_places = tuple(p for p in "AC" if p in m.canon)
+        self.canon_residual = m.canon_residual
+        bound = 1.0 / math.sqrt(m.canon_kernel)  # PyTorch Conv1d's default init (fan-in K)
+        for place in self.canon_places:
+            kernel = jax.random.uniform(rngs.params(), (m.canon_kernel, m.dim), minval=-bound,
+                                        maxval=bound)  # fmt: skip
+            setattr(self, f"canon_{place}", param(kernel, (None, "embed")))
+
+    def _canon(self, place, h_BTE, segment_ids_BT):
+        if place not in self.canon_places:
+            return h_BTE
+        kernel = getattr(self, f"canon_{place}")[...]
+        return canon_conv(h_BTE, kernel, segment_ids_BT, self.canon_residual)
 
     def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
         attention = type(self.attn).__call__
         if self.remat == "attention":  # keep only the attention's inputs for the backward pass
             attention = nnx.remat(attention)
-        x_BTE = x_BTE + attention(self.attn, self.attn_norm(x_BTE), positions_BT, segment_ids_BT)
-        return x_BTE + self.mlp(self.mlp_norm(x_BTE))
+        h_BTE = self._canon("A", self.attn_norm(x_BTE), segment_ids_BT)
+        x_BTE = x_BTE + attention(self.attn, h_BTE, positions_BT, segment_ids_BT)
+        return x_BTE + self.mlp(self._canon("C", self.mlp_norm(x_BTE), segment_ids_BT))
 
     # ---- Cached decoding: the same block, with the attention layer's cache threaded through ----
+    # (the Canon windows ride in the attention layer's cache, LayerCache.windows, A then C)
 
     def prefill(self, x_BTE, lengths_B, max_len: int):
         """x [B, T, E] right-padded prompts -> ([B, T, E], LayerCache)."""
-        attn_BTE, cache = self.attn.prefill(self.attn_norm(x_BTE), lengths_B, max_len)
+        windows = []
+
+        def canon(place, h_BTE):
+            if place in self.canon_places:
+                windows.append(canon_window(h_BTE, lengths_B, self._taps() - 1))
+            return self._canon(place, h_BTE, None)
+
+        attn_BTE, cache = self.attn.prefill(canon("A", self.attn_norm(x_BTE)), lengths_B, max_len)
         x_BTE = x_BTE + attn_BTE
-        return x_BTE + self.mlp(self.mlp_norm(x_BTE)), cache
+        x_BTE = x_BTE + self.mlp(canon("C", self.mlp_norm(x_BTE)))
+        return x_BTE, cache._replace(windows=tuple(windows))
 
     def decode(self, x_B1E, cache):
         """x [B, 1, E], one token per row -> ([B, 1, E], CacheUpdate)."""
-        attn_B1E, update = self.attn.decode(self.attn_norm(x_B1E), cache)
+        windows, old = [], iter(cache.windows)
+
+        def canon(place, h_B1E):
+            if place not in self.canon_places:
+                return h_B1E
+            kernel = getattr(self, f"canon_{place}")[...]
+            h_B1E, window = canon_step(h_B1E, next(old), kernel, self.canon_residual)
+            windows.append(window)
+            return h_B1E
+
+        attn_B1E, update = self.attn.decode(canon("A", self.attn_norm(x_B1E)), cache)
         x_B1E = x_B1E + attn_B1E
-        return x_B1E + self.mlp(self.mlp_norm(x_B1E)), update
+        x_B1E = x_B1E + self.mlp(canon("C", self.mlp_norm(x_B1E)))
+        return x_B1E, update._replace(windows=tuple(windows))
+
+    def _taps(self) -> int:
+        return getattr(self, f"canon_{self.canon_places[0]}").shape[0]
 
 
 class Transformer(nnx.Module):
@@ -308,8 +285,8 @@ class Transformer(nnx.Module):
     def attention_maps(self, tokens_BT, positions_BT=None, segment_ids_BT=None) -> list:
         """Each layer's attention map for inspection: tokens [B, T] -> L arrays [B, H, T, T]
         float32 (softmax attention only; the DIFF baseline has two maps per head)."""
-        if any(s.kind != "softmax" for s in self.settings.layers):
-            raise ValueError("attention maps need attention.kind=softmax, not diff")
+        if any(s.kind != "softmax" for s in self.settings.layers) or self.settings.canon != "none":
+            raise ValueError("attention maps need attention.kind=softmax and no Canon layers")
         x_BTE = self._embed(tokens_BT)
         if positions_BT is None:
             positions_BT = jnp.broadcast_to(jnp.arange(x_BTE.shape[1]), x_BTE.shape[:2])

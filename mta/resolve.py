@@ -1,5 +1,7 @@
 """The run config's model section resolved into the settings the model is built from."""
 
+import dataclasses
+
 from mta.config import ConfigError, ModelConfig, kq_layer_indices
 from mta.parallel import head_split
 from mta.settings import AttentionSettings, ModelSettings
@@ -26,12 +28,30 @@ def resolve_model(cfg: ModelConfig, tensor: int = 1) -> ModelSettings:
         remat=cfg.remat,
         tuned=TUNED[cfg.tuned_vjp],
         layers=layers,
+        canon=cfg.canon,
+        canon_kernel=cfg.canon_kernel,
+        canon_residual=cfg.canon_residual,
     )
 
 
 def _attention(cfg: ModelConfig, layer: int, tensor: int) -> AttentionSettings:
+    """One layer's settings: the kind's own, then the switches every kind has."""
+    a = cfg.attention
+    rope = a.rope == "on" or (a.rope == "auto" and a.kind not in ("fox", "stick_breaking"))
+    common = dict(
+        rope=rope, qk_norm=a.qk_norm, output_gate=a.output_gate, attend_current=a.attend_current
+    )
+    return dataclasses.replace(_kind(cfg, layer, tensor), **common)
+
+
+def _kind(cfg: ModelConfig, layer: int, tensor: int) -> AttentionSettings:
     a = cfg.attention
     heads, kv_heads = cfg.num_heads, cfg.num_kv_heads or cfg.num_heads
+    if a.kind in ("fox", "stick_breaking"):  # per-head cores: nothing mixes heads
+        return AttentionSettings(
+            layer, a.kind, heads, kv_heads, cfg.head_dim or cfg.dim // heads, impl=a.impl,
+            split_heads=_split(heads, kv_heads, tensor, ()),
+        )  # fmt: skip
     if a.kind == "diff":
         head_dim = cfg.head_dim or cfg.dim // (2 * heads)
         return AttentionSettings(

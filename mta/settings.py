@@ -14,7 +14,7 @@ class AttentionSettings:
     """One layer's attention, resolved."""
 
     layer: int  # 0-based index (DIFF's and depth scaling's lambda_init depend on it)
-    kind: str  # softmax (baseline, talking heads, MTA) | diff
+    kind: str  # softmax (baseline, talking heads, MTA) | diff | fox | stick_breaking
     num_heads: int  # H (DIFF: output heads H')
     num_kv_heads: int  # K
     head_dim: int  # D (DIFF: the half-head width)
@@ -29,6 +29,10 @@ class AttentionSettings:
     decay_mta_params: bool = True  # weight decay on this layer's MTA parameters
     impl: str = "auto"  # mta.attention.IMPLS
     split_heads: bool = False  # heads split over the mesh's tensor axis (else all on each shard)
+    rope: bool = True  # RoPE on q and k
+    qk_norm: bool = False  # per-head RMSNorm of q and k
+    output_gate: str = "none"  # none | elementwise | headwise (gated attention)
+    attend_current: bool = False  # stick_breaking's form (mta/attention/stick_breaking.py)
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class ModelSettings:
     remat: str  # none | block | attention
     tuned: bool | None  # hand-written derivatives (None: by backend, mta.attention.tuned_vjp)
     layers: tuple[AttentionSettings, ...]
+    canon: str = "none"  # Canon layers: none | A (before attention) | C (before the MLP) | AC
+    canon_kernel: int = 4  # taps of each Canon conv
+    canon_residual: bool = True
 
     @property
     def num_layers(self) -> int:

@@ -62,6 +62,9 @@ def test_paper_table_8_parameter_counts():
         (["train.schedule=exp"], "allowed: constant, linear, cosine"),
         (["model.num_kv_heads=3", "model.num_heads=4", "model.dim=64"], "must divide"),
         (["data.block.length=10", "data.block.num_blocks=0"], "too short"),
+        (["model.attention.kind=fox"], "kind: fox does not combine with key-query"),
+        (["model.attention.attend_current=true"], "only stick_breaking"),
+        (["model.canon=B"], "allowed: none, A, C, AC"),
     ],
 )
 def test_bad_overrides_exit_2_with_one_line(args, expected):

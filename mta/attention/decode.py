@@ -18,6 +18,10 @@ Cache (`LayerCache`, a pytree; one per layer; S = S_max positions, rows oldest f
     lengths     [B] int32           tokens so far per row = position of the next token
     logit_rows  [B, H, c_q - 1, S]  the last c_q - 1 zero-masked logit rows (pre-softmax conv input)
     prob_rows   [B, H, c_q' - 1, S] the last c_q' - 1 probability rows (post-softmax conv input)
+    key_bias    [B, H, S] or None   a per-key value of the variant (FoX: cumulative log forget
+                                    gate c_j), written at lengths like k and v
+    windows     tuple of [B, W, E]  the block's Canon-layer windows (last W inputs, oldest
+                                    first), replaced whole by each step
 
 A window is a ring: the row of position p sits in slot p mod (c_q - 1), so a step writes one row
 (in place, in `commit`) instead of shifting the window; the step turns the kernel's query taps
@@ -60,6 +64,8 @@ class LayerCache(NamedTuple):
     lengths: jax.Array  # [B] int32
     logit_rows: jax.Array  # [B, H, c_q - 1, S]
     prob_rows: jax.Array  # [B, H, c_q' - 1, S]
+    key_bias: jax.Array | None = None  # [B, H, S] (FoX), else None
+    windows: tuple = ()  # Canon windows [B, K - 1, E] of the block, if any
 
 
 def prefill(
@@ -109,6 +115,8 @@ class CacheUpdate(NamedTuple):
     v: jax.Array  # [B, 1, K, D] its value
     logit_row: jax.Array  # [B, H, 1, S] its zero-masked logit row (0 rows without a pre conv)
     prob_row: jax.Array  # [B, H, 1, S] its probability row (0 rows without a post conv)
+    key_bias: jax.Array | None = None  # [B, H, 1] its per-key value (FoX), else None
+    windows: tuple = ()  # the block's next Canon windows, if any
 
 
 def attend_step(
@@ -161,12 +169,18 @@ def commit(cache: LayerCache, update: CacheUpdate) -> LayerCache:
         slot_B = cache.lengths % ring_BHNS.shape[2]
         return ring_BHNS.at[rows_B, :, slot_B].set(row_BH1S[:, :, 0], mode="promise_in_bounds")
 
+    key_bias = cache.key_bias
+    if key_bias is not None:
+        new_BH = update.key_bias[:, :, 0].astype(key_bias.dtype)
+        key_bias = key_bias.at[rows_B, :, cache.lengths].set(new_BH, mode="promise_in_bounds")
     return LayerCache(
         write(cache.k, update.k),
         write(cache.v, update.v),
         cache.lengths + 1,
         write_row(cache.logit_rows, update.logit_row),
         write_row(cache.prob_rows, update.prob_row),
+        key_bias,
+        update.windows or cache.windows,
     )
 
 

@@ -10,26 +10,37 @@ from mta.train.mesh import mesh_shape, tensor_parallel_plan
 
 
 def layer_kinds(cfg: Config) -> list[str]:
-    """The attention of each layer in short, e.g. 'mta(kq_pre 6x11, head_pre linear)'."""
+    """The attention of each layer in short, e.g. 'mta(kq_pre 6x11, head_pre linear)',
+    'fox(qk_norm, output_gate elementwise)' or 'softmax(canon AC)'."""
     a = cfg.model.attention
-    if a.kind == "diff":
-        return ["diff"] * cfg.model.num_layers
     kq_layers = set(kq_layer_indices(a.kq_layers, cfg.model.num_layers))
+    extras = _extras(cfg)
     kinds = []
     for layer in range(cfg.model.num_layers):
         parts = []
         for name in ("kq_pre", "kq_post"):
             conv = getattr(a, name)
-            if conv.enabled and layer in kq_layers:
+            if a.kind == "softmax" and conv.enabled and layer in kq_layers:
                 parts.append(f"{name} {conv.c_q}x{conv.c_k}")
-        if a.head_pre != "none":
-            parts.append(f"head_pre {a.head_pre}")
-        if a.head_post != "none":
-            parts.append(f"head_post {a.head_post}")
-        if a.group_norm != "none":
-            parts.append(f"group_norm {a.group_norm}")
-        kinds.append(f"mta({', '.join(parts)})" if parts else "softmax")
+        for name in ("head_pre", "head_post", "group_norm"):
+            if a.kind == "softmax" and getattr(a, name) != "none":
+                parts.append(f"{name} {getattr(a, name)}")
+        name = "mta" if parts else a.kind
+        parts += extras
+        kinds.append(f"{name}({', '.join(parts)})" if parts else name)
     return kinds
+
+
+def _extras(cfg: Config) -> list[str]:
+    """The switches any kind may have (qk_norm, output gate, Canon, RoPE where not the default)."""
+    a, m = cfg.model.attention, cfg.model
+    extras = ["attend_current"] if a.attend_current else []
+    extras += ["qk_norm"] if a.qk_norm else []
+    extras += [f"output_gate {a.output_gate}"] if a.output_gate != "none" else []
+    if m.canon != "none":
+        extras.append(f"canon {m.canon}" + (f" x{m.canon_kernel}" if m.canon_kernel != 4 else ""))
+    extras += [f"rope {a.rope}"] if a.rope != "auto" else []
+    return extras
 
 
 def memory_estimate_bytes(

@@ -121,6 +121,17 @@ VARIANTS = {
     ],
     "talking_heads": ["model.attention.head_pre=grouped", "model.attention.head_post=grouped"],
     "diff": ["model.attention.kind=diff"],
+    "fox_pro": [
+        "model.attention.kind=fox",
+        "model.attention.qk_norm=true",
+        "model.attention.output_gate=elementwise",
+    ],
+    "stick_breaking_gqa": [
+        "model.attention.kind=stick_breaking",
+        "model.num_heads=4",
+        "model.num_kv_heads=2",
+    ],
+    "gated_headwise_canon": ["model.attention.output_gate=headwise", "model.canon=AC"],
 }
 
 
