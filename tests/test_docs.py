@@ -1,5 +1,5 @@
-"""The documentation stays true: docs/configs.md matches mta/config.py, every relative link in
-README.md and docs/*.md points to a file that exists, and no tracked file refers to anything
+"""The documentation stays true: docs/configs.md matches mta/config/schema.py, every relative link
+in README.md and docs/*.md points to a file that exists, and no tracked file refers to anything
 outside the repository."""
 
 import dataclasses
@@ -53,7 +53,7 @@ def leaf_keys(cls, prefix: str = "", seen: set | None = None) -> list[str]:
 def test_configs_md_is_up_to_date(config_docs):
     current = config_docs.OUTPUT.read_text() if config_docs.OUTPUT.is_file() else ""
     assert current == config_docs.render(), (
-        "docs/configs.md is out of date with mta/config.py; regenerate it with: "
+        "docs/configs.md is out of date with mta/config/schema.py; regenerate it with: "
         "python scripts/config_docs.py"
     )
 
@@ -73,7 +73,7 @@ def test_configs_md_lists_every_key_with_its_default(config_docs):
 
 
 def test_a_field_without_a_comment_is_an_error(config_docs, capsys, monkeypatch):
-    source = Path(config_docs.config_module.__file__).read_text()
+    source = Path(config_docs.schema_module.__file__).read_text()
     stripped, count = re.subn(r"(\n    num_layers: int = \d+)  #[^\n]*", r"\1", source)
     assert count == 1
     with pytest.raises(config_docs.MissingComment, match=r"ModelConfig\.num_layers"):

@@ -3,7 +3,7 @@
     python scripts/config_docs.py            # (re)writes docs/configs.md
     python scripts/config_docs.py --check    # exit 1 if docs/configs.md is out of date
 
-The meanings are the comments beside (or directly above) each field in mta/config.py and, for
+The meanings are the comments beside (or directly above) each field in mta/config/schema.py and, for
 the task sections `data.<task>`, in the task's module of mta/data/tasks/, so the schema stays
 the one source of truth; a field without a comment is an error (exit 2). Types are the
 annotations as written, defaults those of `Config()`, allowed values what `validate` says when
@@ -25,6 +25,7 @@ import yaml
 
 from mta import config as config_module
 from mta.cli.args import command_parser
+from mta.config import schema as schema_module
 
 REPO = Path(__file__).resolve().parents[2]  # a checkout: this command maintains its docs/
 
@@ -206,8 +207,8 @@ def _code(text: str) -> str:
 
 HEADER = f"""# Config keys
 
-Generated from the dataclasses of [`mta/config.py`](../mta/config.py) and of the task modules
-in [`mta/data/tasks/`](../mta/data/tasks) (the sections `data.<task>`) by
+Generated from the dataclasses of [`mta/config/schema.py`](../mta/config/schema.py) and of the
+task modules in [`mta/data/tasks/`](../mta/data/tasks) (the sections `data.<task>`) by
 `{COMMAND}`: do not edit by hand. The meanings are the comments beside each
 field there: edit those and regenerate (`tests/test_docs.py` fails while this file is out of
 date).
@@ -234,7 +235,7 @@ def _task_sources() -> list[str]:
 def render(source: str | None = None) -> str:
     """The text of docs/configs.md for the config module's source (default: the current one)
     and the task modules' sources."""
-    source = source if source is not None else Path(config_module.__file__).read_text()
+    source = source if source is not None else Path(schema_module.__file__).read_text()
     docs = {}
     for text in [*_task_sources(), source]:
         docs |= field_docs(text)
@@ -257,7 +258,10 @@ def main(argv=None, prog=None) -> int:
     try:
         text = render()
     except MissingComment as err:
-        print(f"error: config fields without a comment in mta/config.py: {err}", file=sys.stderr)
+        print(
+            f"error: config fields without a comment in mta/config/schema.py: {err}",
+            file=sys.stderr,
+        )
         return 2
     if args.check:
         current = args.output.read_text() if args.output.is_file() else None
