@@ -88,9 +88,10 @@ def dense_map_bytes(spec: KernelSpec, batch: int, heads: int, queries: int, keys
 
 
 def device_memory_bytes() -> int:
-    """Memory of the first device (its allocator's limit where it reports one, else the host's
-    physical memory)."""
-    stats = jax.devices()[0].memory_stats() or {}
+    """Memory of this process's first device: its allocator's limit where it reports one, else
+    the host's physical memory. (Local: in a multi-process run jax.devices()[0] may belong to
+    another process, whose stats this one cannot read.)"""
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         return int(stats["bytes_limit"])
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
