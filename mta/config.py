@@ -137,6 +137,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # global-norm clipping; 0 disables it
     skip_nonfinite: bool = False  # skip (and count) updates with NaN/Inf instead of stopping
     grad_accum: int = 1  # micro-batches per step (gradient accumulation)
+    peer_timeout: float = 300.0  # multi-process: seconds a peer may be silent before all exit
 
 
 @dataclass
@@ -250,6 +251,7 @@ NON_NEGATIVE = (
     "train.weight_decay",
     "train.clip_norm",
     "train.min_lr_ratio",
+    "train.peer_timeout",
     "eval.every",
 )
 
@@ -573,6 +575,7 @@ def to_yaml(cfg: Config) -> str:
 # Keys that may change when a run resumes: they do not change what is computed.
 HARMLESS_ON_RESUME = (
     "train.steps",
+    "train.peer_timeout",
     "model.attention.impl",
     "model.tuned_vjp",
     "log.",
