@@ -16,6 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from mta.config import Config, ConfigError, load_config
+from mta.train.checkpoint import check_params_fit
 from mta.train.mesh import make_mesh
 from mta.train.state import TrainSetup
 
@@ -74,7 +75,8 @@ def _mesh(cfg: Config) -> Mesh:
 def load_model(workdir: str | Path, step: int, rope_theta: float | None = None) -> LoadedModel:
     """Restores the params of checkpoint `step` of `workdir` onto the shardings of
     TrainSetup's abstract params (a partial restore: nothing else is read). rope_theta overrides
-    model.rope_theta (length extrapolation); ConfigError for an unreadable checkpoint."""
+    model.rope_theta (length extrapolation); ConfigError for an unreadable checkpoint or one
+    whose parameter tree differs from the model's (one line per kind of difference)."""
     workdir = Path(workdir)
     overrides = [] if rope_theta is None else [f"model.rope_theta={float(rope_theta)!r}"]
     cfg = load_config(workdir / "config.yaml", overrides)
@@ -86,6 +88,7 @@ def load_model(workdir: str | Path, step: int, rope_theta: float | None = None) 
         restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True,
     )
+    check_params_fit(workdir.absolute() / "checkpoints" / str(step), target["params"])
     manager = _manager(workdir)
     try:
         state = manager.restore(step, args=ocp.args.Composite(state=params_only))["state"]
