@@ -128,19 +128,20 @@ def run(args, cfg) -> int:
 
     lock = WorkdirLock(args.workdir, enabled=jax.process_index() == 0)
     watchdog = None
-    with lock:
-        if jax.process_count() > 1 and cfg.train.peer_timeout > 0:
-            watchdog = PeerWatchdog(cfg.train.peer_timeout, args.workdir, lock.release).start()
-        try:
+    if jax.process_count() > 1 and cfg.train.peer_timeout > 0:
+        watchdog = PeerWatchdog(cfg.train.peer_timeout, args.workdir, lock.release).start()
+    try:
+        with lock:
             code = _train(args, cfg, lock)
-        except Exception:
-            if watchdog is not None:
+    except Exception as err:
+        if watchdog is not None:  # the peers stop too, naming this process
+            if not isinstance(err, ConfigError):
                 watchdog.settle()  # an error in a collective: a lost peer is the one line
-                watchdog.stop(failed=True)
-            raise
-        if watchdog is not None:
-            watchdog.stop()
-        return code
+            watchdog.stop(failed=True)
+        raise
+    if watchdog is not None:
+        watchdog.stop()
+    return code
 
 
 def _train(args, cfg, lock) -> int:

@@ -40,6 +40,11 @@ def last_checkpoint(workdir: Path) -> str:
     return str(directory / str(steps[-1])) if steps else f"none yet in {directory}"
 
 
+def _end(peer: dict) -> str | None:
+    """How a peer ended ("done", "failed"), or None while it runs."""
+    return json.loads(peer["value"])["end"] if peer["value"] else None
+
+
 class PeerWatchdog:
     """Publishes this process's heartbeat and exits the process when a peer goes silent.
 
@@ -99,9 +104,9 @@ class PeerWatchdog:
             if now - self.contact > self.timeout:
                 self._exit(0, f"has not answered for {self.timeout:g} s (train.peer_timeout)")
             for process, peer in self.peers.items():
-                end = json.loads(peer["value"])["end"] if peer["value"] else None
+                end = _end(peer)
                 if end == "failed":
-                    self._exit(process, "stopped with an error")
+                    self._exit(process, "stopped with an error (see its output)")
                 if end is None and now - peer["changed"] > self.timeout:
                     self._exit(
                         process,
@@ -124,9 +129,15 @@ class PeerWatchdog:
         os._exit(EXIT_PEER_LOST)
 
     def settle(self) -> None:
-        """Waits long enough for a silent peer to be noticed (the process then exits here);
-        returns if none is. For an error in a collective, which a dead peer also causes."""
-        self.stopped.wait(self.timeout + 2 * self.interval)
+        """After an error that a lost peer may have caused (a failed collective): waits until
+        every peer has beaten since (they live: the error is this process's own) or until the
+        silent one is noticed (the process then exits here, naming it)."""
+        since = time.monotonic()
+        fresh = since + 1.5 * self.interval  # later than a dead peer's last beat can be read
+        while time.monotonic() - since < self.timeout + 2 * self.interval:
+            if all(peer["changed"] > fresh or _end(peer) for peer in self.peers.values()):
+                return
+            self.stopped.wait(self.interval / 4)
 
     def stop(self, failed: bool = False) -> None:
         """Tells the peers that this process finished (or `failed`: they stop too, at once);
