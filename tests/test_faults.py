@@ -1,5 +1,6 @@
 """Fault injection on the real `scripts/train.py` in subprocesses: signals, kill -9, corrupt
-checkpoints, NaNs, a full disk, config changes across a resume and bad configs."""
+checkpoints, NaNs, a full disk, config changes across a resume, a checkpoint of another model and
+bad configs."""
 
 import json
 import os
@@ -257,3 +258,32 @@ def test_loss_spike_detector():
     assert "spike" in detector.check(5.0)
     assert detector.check(2.0) is None
     assert "nan" in detector.check(float("nan"))
+
+
+def test_checkpoint_of_another_model_lists_each_difference_in_one_line(overrides, tmp_path):
+    assert run(tmp_path, overrides, "train.steps=3").returncode == 0
+    wider = ["model.num_layers=3", "model.mlp_hidden=96", "--allow-config-change"]
+    resumed = run(tmp_path, overrides, *wider)
+    assert resumed.returncode == 2
+    block2 = "attn.wk, attn.wo, attn.wq, attn.wv, attn_norm.weight, mlp.down, mlp.gate, mlp.up"
+    block2 = ", ".join(f"blocks.2.{name}" for name in [*block2.split(", "), "mlp_norm.weight"])
+    mlp = "down (64, 32) -> (96, 32), {0}.gate (32, 64) -> (32, 96), {0}.up (32, 64) -> (32, 96)"
+    assert resumed.stderr.strip().splitlines()[-3:] == [
+        f"error: checkpoint {tmp_path / 'checkpoints/3'} does not fit this model's parameters "
+        "(another model, variant or code version?):",
+        f"  missing from the checkpoint: {block2}",
+        "  shape in the checkpoint -> in the model: "
+        + ", ".join(f"{b}.{mlp.format(b)}" for b in ("blocks.0.mlp", "blocks.1.mlp")),
+    ]
+    assert checkpoints(tmp_path) == [3]  # refused, not set aside as unreadable
+
+    config = tmp_path / "config.yaml"  # eval restores with the workdir's (edited) config
+    config.write_text(config.read_text().replace("num_layers: 2", "num_layers: 1"))
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("name: s\ntasks: {block: [{n: 5, l: 2, variants: [all], lengths: [31]}]}\n")
+    evaluate = [sys.executable, "scripts/eval.py", "--workdir", str(tmp_path), "--suite", suite]
+    evaluated = subprocess.run(evaluate, cwd=ROOT, capture_output=True, text=True)
+    assert evaluated.returncode == 2
+    assert evaluated.stderr.strip().splitlines()[1:] == [
+        f"  not in the model: {block2.replace('blocks.2', 'blocks.1')}"
+    ]

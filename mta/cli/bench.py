@@ -4,6 +4,7 @@
     mta bench train --config configs/toy/block_mta_cpu.yaml train.batch_size=16
     mta bench decode --contexts 1024 --model-config configs/toy/block_mta_cpu.yaml
     mta bench data --config configs/lm/small_baseline.yaml --corpus-mb 2048 --workers 1 2
+    mta bench soak --steps 20000
     mta bench decode --out docs/bench_results.jsonl --markdown docs/benchmarks.md
 
 (`python scripts/bench.py ...` in a checkout is the same command.)
@@ -15,7 +16,7 @@ Attention and decoding configurations run in fresh subprocesses (python -m mta.b
 a peak RSS belongs to one configuration and an out-of-memory or a timeout ends only that
 configuration's row. The benchmarks themselves are the modules of mta/bench/.
 
-Exit codes: 0 success; 2 user error (one line naming what is wrong).
+Exit codes: 0 success; 1 a soak check failed; 2 user error (one line naming what is wrong).
 """
 
 import argparse
@@ -23,7 +24,7 @@ import contextlib
 import shlex
 import sys
 
-from mta.bench import BENCHMARKS, attention, decode, train
+from mta.bench import BENCHMARKS, attention, decode, soak, train
 from mta.bench.harness import Recorder, UserError, load_cfg
 from mta.bench.markdown import newest_run, write_markdown
 from mta.cli.args import (
@@ -75,7 +76,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     """The CLI: one subparser per benchmark."""
     parser = command_parser(__doc__, prog)
     sub = parser.add_subparsers(
-        dest="bench", required=True, metavar="{attention,train,decode,data}"
+        dest="bench", required=True, metavar="{attention,train,decode,data,soak}"
     )
 
     att = _subparser(sub, "attention", "forward+backward time and peak memory vs T")
@@ -138,6 +139,19 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     data.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2], help="ingest")
     data.add_argument("--timeout", type=positive_float, default=3600, help="s per ingestion")
     _common(data)
+
+    so = _subparser(sub, "soak", "a long run with SIGTERM + resume: nothing grows")
+    so.add_argument("--config", default=soak.DEFAULT_CONFIG, help="YAML config")
+    so.add_argument("overrides", nargs="*", help="dotted overrides")
+    so.add_argument("--steps", type=positive_int, default=20_000, help="steps of the whole run")
+    so.add_argument("--checkpoint-every", type=positive_int, default=100)
+    so.add_argument("--eval-every", type=positive_int, default=1000)
+    so.add_argument("--warmup", type=non_negative_int, default=2000, help="steps not checked")
+    so.add_argument("--max-rss-growth-mb", type=positive_float, default=50.0)
+    so.add_argument("--fd-slack", type=non_negative_int, default=4, help="allowed fd rise")
+    so.add_argument("--sample-every", type=positive_float, default=1.0, help="seconds")
+    so.add_argument("--workdir", help="a fresh run directory (default: a new temporary one)")
+    _common(so)
     return parser
 
 
@@ -149,7 +163,7 @@ def check_args(args) -> None:
     if args.bench == "train":
         for path in args.config or train.DEFAULT_CONFIGS:
             load_cfg(path, args.overrides)
-    if args.bench == "data":
+    if args.bench in ("data", "soak"):
         load_cfg(args.config, args.overrides)
     if args.bench == "decode" and args.model_config:
         load_cfg(args.model_config, args.model_overrides)
@@ -172,7 +186,7 @@ def main(argv=None, prog=None) -> int:
         records = newest_run(args.out, args.bench) if args.out else rec.records
         if records:
             write_markdown(args.markdown, args.bench, records, BENCHMARKS[args.bench].COLUMNS)
-    return 0
+    return 1 if any(r.get("passed") is False for r in rec.records) else 0
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@
 (`python scripts/train.py ...` in a checkout is the same command.)
 
 Exit codes: 0 success (also after SIGTERM, with a checkpoint at the stop step); 2 user error
-(one line naming what is wrong); 3 NaN/Inf in the loss or gradients; 4 a checkpoint could not be
-written; 130 after SIGINT (Ctrl-C), with a checkpoint at the stop step.
+(one line naming what is wrong, e.g. a workdir in use by another run: WORKDIR/run.lock names
+it); 3 NaN/Inf in the loss or gradients; 4 a checkpoint could not be written; 5 another process
+of a multi-process run died or hangs (train.peer_timeout; relaunch to resume); 130 after SIGINT
+(Ctrl-C), with a checkpoint at the stop step.
 """
 
 import json
@@ -52,8 +54,9 @@ def parse_args(argv, prog=None):
     return args
 
 
-def init_distributed(args) -> None:
-    """Joins the multi-process JAX runtime when launched as several processes."""
+def init_distributed(args, peer_timeout: float = 0.0) -> None:
+    """Joins the multi-process JAX runtime when launched as several processes (its own
+    heartbeat set beyond `peer_timeout`, which mta/train/peers.py watches)."""
     import jax
 
     explicit = {
@@ -72,8 +75,12 @@ def init_distributed(args) -> None:
             f"multi-process launch needs --coordinator, --num-processes and "
             f"--process-id; missing: {missing}"
         )
+    from mta.train.peers import jax_heartbeat_seconds
+
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # only used on CPU
-    jax.distributed.initialize(**given)
+    jax.distributed.initialize(
+        **given, heartbeat_timeout_seconds=jax_heartbeat_seconds(peer_timeout)
+    )
 
 
 def _env_int(name: str) -> int | None:
@@ -85,10 +92,15 @@ def load(config: str, overrides: list[str]):
     """The validated config, including the checks that need the task's rules, the tokenizer's
     file or the devices, so that every config error is reported before any compute (ablate
     checks sweeps with it)."""
+    return check(load_config(config, overrides))
+
+
+def check(cfg):
+    """`cfg` after the checks that need the task's rules, the tokenizer's file or the devices
+    (ConfigError)."""
     from mta.data import pipeline
     from mta.train.mesh import check_batch, tensor_parallel_plan
 
-    cfg = load_config(config, overrides)
     pipeline.configured_tokenizer(cfg)  # a readable file of its kind, within model.vocab_size
     try:
         pipeline.sequence_length(cfg.data)
@@ -114,6 +126,31 @@ def dry_run(cfg) -> dict:
 
 
 def run(args, cfg) -> int:
+    """Trains holding the workdir's lock (process 0), with a peer watchdog when multi-process."""
+    import jax
+
+    from mta.train.lock import WorkdirLock
+    from mta.train.peers import PeerWatchdog
+
+    lock = WorkdirLock(args.workdir, enabled=jax.process_index() == 0)
+    watchdog = None
+    if jax.process_count() > 1 and cfg.train.peer_timeout > 0:
+        watchdog = PeerWatchdog(cfg.train.peer_timeout, args.workdir, lock.release).start()
+    try:
+        with lock:
+            code = _train(args, cfg, lock)
+    except Exception as err:
+        if watchdog is not None:  # the peers stop too, naming this process
+            if not isinstance(err, ConfigError):
+                watchdog.settle()  # an error in a collective: a lost peer is the one line
+            watchdog.stop(failed=True)
+        raise
+    if watchdog is not None:
+        watchdog.stop()
+    return code
+
+
+def _train(args, cfg, lock) -> int:
     from mta.train import faults
     from mta.train.loop import train
 
@@ -128,6 +165,7 @@ def run(args, cfg) -> int:
         print(f"error: {err}", file=sys.stderr)
         sys.stdout.flush()
         sys.stderr.flush()
+        lock.release()
         os._exit(faults.EXIT_SAVE_FAILED)
     print(json.dumps(result))
     if "stopped_by" in result:
@@ -148,8 +186,9 @@ def run(args, cfg) -> int:
 def main(argv=None, prog=None) -> int:
     args = parse_args(argv, prog)
     try:
-        init_distributed(args)
-        cfg = load(args.config, args.overrides)
+        cfg = load_config(args.config, args.overrides)
+        init_distributed(args, cfg.train.peer_timeout)
+        cfg = check(cfg)
         if args.dry_run:
             print(json.dumps(dry_run(cfg), indent=1))
             return 0

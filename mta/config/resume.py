@@ -7,6 +7,7 @@ from mta.config.schema import Config, to_dict
 
 HARMLESS_ON_RESUME = (
     "train.steps",
+    "train.peer_timeout",
     "model.attention.impl",
     "model.tuned_vjp",
     "log.",

@@ -162,6 +162,7 @@ class TrainConfig:
     clip_norm: float = 1.0  # global-norm clipping; 0 disables it
     skip_nonfinite: bool = False  # skip (and count) updates with NaN/Inf instead of stopping
     grad_accum: int = 1  # micro-batches per step (gradient accumulation)
+    peer_timeout: float = 300.0  # multi-process: seconds a peer may be silent before all exit
 
 
 @dataclass
@@ -280,6 +281,7 @@ NON_NEGATIVE = (
     "train.weight_decay",
     "train.clip_norm",
     "train.min_lr_ratio",
+    "train.peer_timeout",
     "eval.every",
 )
 

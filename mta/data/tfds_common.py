@@ -16,6 +16,10 @@ a builder that only says how to draw one example:
 
 Splits are drawn from their own seed streams (`split_rng`): test first, then validation, then
 train, each rejecting prompts already drawn, so splits are disjoint and free of repeats.
+
+Integrity (`integrity.py`): a build records its shards' sizes and hashes inside TFDS's temporary
+build directory, which TFDS renames into place only when the whole build is done; opening an
+existing build checks them.
 """
 
 import abc
@@ -34,7 +38,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core.utils import tqdm_utils
 
-from mta.data import tokenizers
+from mta.data import integrity, tokenizers
 from mta.data.checks import check_int
 
 SPLITS = ("train", "validation", "test")
@@ -257,6 +261,11 @@ class Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, examples: Iterable[tuple[Any, dict]]):
         yield from examples
 
+    def _download_and_prepare(self, *args, **kwargs):
+        # Runs in TFDS's temporary build directory (self.data_dir), before it is renamed.
+        super()._download_and_prepare(*args, **kwargs)
+        integrity.record_checksums(self.data_dir)
+
 
 class TaskBuilder(Builder, skip_registration=True):
     """A builder of generated examples (a GeneratedTaskConfig): subclasses define `draw`."""
@@ -315,11 +324,13 @@ def prepare(
     """Builds `config` in data_dir (array_record, offline) unless present; returns the builder.
 
     Read a split with `builder.as_data_source()[split]` (records are dicts of numpy arrays, text
-    as bytes).
+    as bytes). DamagedDatasetError if a shard of an existing build was damaged.
     """
     with quiet_tfds():
         builder = builder_cls(config=config, data_dir=data_dir, file_format="array_record")
-        if not builder.is_prepared():
+        if builder.is_prepared():
+            integrity.verify_checksums(builder.data_dir)
+        else:
             builder.download_and_prepare(file_format="array_record")
     return builder
 

@@ -6,16 +6,44 @@ comparison of several runs.
 
 `rows` and `samples` map a task to lists of flat dicts (see mta.eval.tasks): a row's keys are its
 grid coordinates (ints and strings) followed by its metrics (floats) and `examples`.
+
+Every file is written beside its name and renamed into place, so evaluations of the same step
+running at once each leave whole files (the last one's) and a reader never sees half a file.
 """
 
+import contextlib
 import json
 import math
+import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from mta.eval.suite import PRIMARY
+
+
+@contextlib.contextmanager
+def _replacing(path: Path):
+    """Yields a temporary name beside `path`; renames it to `path` when the block succeeds."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with _replacing(path) as partial:
+        partial.write_text(text)
+
+
+def _save_figure(fig, path: Path) -> None:
+    with _replacing(path) as partial:
+        fig.savefig(partial, dpi=100, format="png")
+
 
 HEATMAPS = {  # task -> (grouping keys, y key, x key): one heatmap per group
     "niah": (("num_needles", "num_asked"), "length", "depth"),
@@ -119,7 +147,7 @@ def heatmap(rows: list[dict], y_key: str, x_key: str, value_key: str, title: str
     ax.set_ylabel(y_key)
     ax.set_title(title, fontsize=10)
     fig.colorbar(image, ax=ax, label=value_key)
-    fig.savefig(path, dpi=100)
+    _save_figure(fig, path)
     plt.close(fig)
 
 
@@ -150,17 +178,17 @@ def write_run(
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     results = {**meta, "summary": summary(rows), "results": rows}
     paths = [out_dir / "results.json", out_dir / "results.md"]
-    paths[0].write_text(json.dumps(_clean(results), indent=1) + "\n")
+    _write_text(paths[0], json.dumps(_clean(results), indent=1) + "\n")
     for task, task_samples in samples.items():
         path = out_dir / "samples" / f"{task}.jsonl"
-        path.write_text("".join(json.dumps(_clean(s)) + "\n" for s in task_samples))
+        _write_text(path, "".join(json.dumps(_clean(s)) + "\n" for s in task_samples))
         paths.append(path)
     label = f"{meta.get('workdir', '')} step {meta.get('step', '')}"
     text = [f"# Evaluation: {label}\n", _meta_lines(meta), "## Summary\n"]
     text.append(markdown_table(["metric", "value"], list(results["summary"].items())))
     for task, task_rows in rows.items():
         text += [f"\n## {task}\n", _task_table(task, task_rows)]
-    paths[1].write_text("\n".join(text))
+    _write_text(paths[1], "\n".join(text))
     return paths + write_heatmaps(out_dir, rows, label)
 
 
@@ -204,7 +232,7 @@ def write_comparison(out_dir: str | Path, runs: Sequence[dict]) -> list[Path]:
         body = [list(point) + values for point, values in index.items()]
         text += [f"\n## {task}: {PRIMARY[task]}\n", markdown_table([*coords, *labels], body)]
     md, png = out_dir / "comparison.md", out_dir / "comparison.png"
-    md.write_text("\n".join(text))
+    _write_text(md, "\n".join(text))
     _comparison_plot(png, runs, labels, tasks)
     return [md, png]
 
@@ -241,5 +269,5 @@ def _comparison_plot(path: Path, runs: Sequence[dict], labels: list[str], tasks:
         ax.set_ylabel(metric)
     axes[0].legend(fontsize=7)
     fig.suptitle("primary metric by length (mean over the other grid coordinates)", fontsize=10)
-    fig.savefig(path, dpi=100)
+    _save_figure(fig, path)
     plt.close(fig)

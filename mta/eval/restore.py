@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 from mta.config import Config, ConfigError, load_config
 from mta.data import pipeline, tokenizers
 from mta.data.tokenizers import record
+from mta.train.checkpoint import check_params_fit
 from mta.train.mesh import make_mesh
 from mta.train.state import TrainSetup
 
@@ -91,7 +92,8 @@ def load_model(
     """Restores the params of checkpoint `step` of `workdir` onto the shardings of
     TrainSetup's abstract params (a partial restore: nothing else is read), with its tokenizer
     (`workdir_tokenizer(workdir, tokenizer)`). rope_theta overrides model.rope_theta (length
-    extrapolation); ConfigError for an unreadable checkpoint or another tokenizer."""
+    extrapolation); ConfigError for an unreadable checkpoint, another tokenizer, or a checkpoint
+    whose parameter tree differs from the model's (one line per kind of difference)."""
     workdir = Path(workdir)
     tok = workdir_tokenizer(workdir, tokenizer)
     overrides = [] if rope_theta is None else [f"model.rope_theta={float(rope_theta)!r}"]
@@ -104,6 +106,7 @@ def load_model(
         restore_args=ocp.checkpoint_utils.construct_restore_args(target),
         partial_restore=True,
     )
+    check_params_fit(workdir.absolute() / "checkpoints" / str(step), target["params"])
     manager = _manager(workdir)
     try:
         state = manager.restore(step, args=ocp.args.Composite(state=params_only))["state"]

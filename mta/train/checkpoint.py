@@ -3,7 +3,9 @@
 Orbax writes each checkpoint into a temporary directory and renames it when complete, so a
 process killed mid-write leaves no half checkpoint among the steps. A checkpoint that is complete
 but unreadable (a file cut short or removed) is moved to WORKDIR/checkpoints_unreadable/ and the
-next older one is used; nothing is deleted.
+next older one is used; nothing is deleted. A checkpoint whose parameter tree differs from the
+model's (another variant, a renamed parameter) is refused before any array is read, with one
+line each for the missing and unexpected parameter paths and the shape mismatches.
 """
 
 import gc
@@ -12,6 +14,7 @@ import sys
 from pathlib import Path
 
 import grain
+import jax
 import orbax.checkpoint as ocp
 
 from mta.config import CheckpointConfig, ConfigError
@@ -65,17 +68,65 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, dat
     return manager.restore(step, args=ocp.args.Composite(**args))["state"]
 
 
+def _shapes(tree) -> dict[str, tuple]:
+    """{'blocks.0.attn.kq_pre': shape} of the leaves of a parameter tree."""
+    return {
+        jax.tree_util.keystr(path, simple=True, separator="."): tuple(leaf.shape)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def _listed(paths: list[str], most: int = 12) -> str:
+    more = f" and {len(paths) - most} more" if len(paths) > most else ""
+    return ", ".join(paths[:most]) + more
+
+
+def check_params_fit(step_dir: str | Path, abstract_params) -> None:
+    """Raises ConfigError if the params saved in checkpoint `step_dir` are not the tree of
+    `abstract_params`: one line each for the missing paths, the unexpected ones and the shape
+    mismatches. Returns quietly when the tree fits, or when the checkpoint's metadata cannot be
+    read (restoring then reports the checkpoint as unreadable)."""
+    try:
+        saved = ocp.StandardCheckpointHandler().metadata(Path(step_dir).absolute() / "state")
+        saved = _shapes(saved["params"])
+    except Exception:
+        return
+    wanted = _shapes(abstract_params)
+    missing = sorted(set(wanted) - set(saved))
+    unexpected = sorted(set(saved) - set(wanted))
+    shapes = [
+        f"{path} {saved[path]} -> {wanted[path]}"
+        for path in sorted(set(saved) & set(wanted))
+        if saved[path] != wanted[path]
+    ]
+    lines = [
+        f"  {name}: {_listed(paths)}"
+        for name, paths in (
+            ("missing from the checkpoint", missing),
+            ("not in the model", unexpected),
+            ("shape in the checkpoint -> in the model", shapes),
+        )
+        if paths
+    ]
+    if lines:
+        raise ConfigError(
+            f"checkpoint {step_dir} does not fit this model's parameters "
+            "(another model, variant or code version?):\n" + "\n".join(lines)
+        )
+
+
 def open_and_restore(
     workdir: str | Path, cfg: CheckpointConfig, abstract_state: dict, data_iter
 ) -> tuple[ocp.CheckpointManager, dict | None]:
     """Opens WORKDIR/checkpoints and restores the newest readable checkpoint (state None if
     there is none). Unreadable newer ones are reported and moved aside.
     Raises ConfigError (nothing to resume from) if every checkpoint is unreadable, leaving
-    them all in place.
+    them all in place, or if one does not fit the model's parameters (`check_params_fit`).
     """
     manager = make_manager(workdir, cfg)
     unreadable = []
     for step in sorted(manager.all_steps(), reverse=True):
+        check_params_fit(Path(manager.directory) / str(step), abstract_state["params"])
         try:
             state = restore(manager, step, abstract_state, data_iter)
         except Exception as err:

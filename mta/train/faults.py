@@ -7,6 +7,7 @@ import sys
 EXIT_USER_ERROR = 2  # bad config, nothing restorable, refused config change
 EXIT_NONFINITE = 3  # NaN or Inf in the loss or gradients
 EXIT_SAVE_FAILED = 4  # a checkpoint could not be written (disk full, unwritable workdir)
+EXIT_PEER_LOST = 5  # another process of a multi-process run died or hangs (mta/train/peers.py)
 EXIT_SIGINT = 130
 
 

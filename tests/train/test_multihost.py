@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mta.train.metrics import read_metrics
 
@@ -112,3 +113,49 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step(tiny_overrides, tmp_
         assert process.returncode == 0, stderr
     stop_step = read_metrics(tmp_path)[-1]["step"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [str(stop_step)]
+
+
+def wait_for_records(workdir, processes, count, timeout=300):
+    """Waits until metrics.jsonl has `count` records; every process must still be running."""
+    metrics = Path(workdir) / "metrics.jsonl"
+    deadline = time.time() + timeout
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= count):
+        exited = [p for p in processes if p.poll() is not None]
+        assert not exited, exited[0].communicate()[1]
+        assert time.time() < deadline
+        time.sleep(0.1)
+
+
+PEER_TIMEOUT = 8  # seconds (train.peer_timeout)
+
+
+@pytest.mark.parametrize("signum, victim", [(signal.SIGKILL, 1), (signal.SIGSTOP, 0)])
+def test_a_dead_or_stopped_process_stops_the_others_naming_it(
+    signum, victim, tiny_overrides, tmp_path
+):
+    # impl=dense: `auto` asks jax.devices()[0] for its memory, which process 1 cannot address
+    run = [*tiny_overrides, "checkpoint.every=2", f"train.peer_timeout={PEER_TIMEOUT}"]
+    run += ["model.attention.impl=dense"]
+    processes = launch_two_processes(tmp_path, run, "train.steps=100000")
+    wait_for_records(tmp_path, processes, 3)
+    processes[victim].send_signal(signum)
+    killed_at = time.time()
+    survivor = processes[1 - victim]
+    try:
+        _, stderr = survivor.communicate(timeout=PEER_TIMEOUT + 60)
+        waited = time.time() - killed_at
+    finally:
+        processes[victim].kill()  # a stopped process is killed too
+        processes[victim].communicate()
+    assert survivor.returncode == 5, stderr
+    assert waited < PEER_TIMEOUT + 30
+    line = stderr.strip().splitlines()[-1]
+    newest = max(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert line.startswith(f"error: process {victim} (host "), line
+    assert f"pid {processes[victim].pid})" in line
+    assert f"for {PEER_TIMEOUT} s (train.peer_timeout)" in line
+    assert f"last checkpoint: {tmp_path.absolute() / 'checkpoints' / str(newest)};" in line
+    assert not (tmp_path / "run.lock").exists() or victim == 0  # the survivor released it
+    if signum == signal.SIGKILL:  # the relaunch resumes from that checkpoint
+        finish(launch_two_processes(tmp_path, run, f"train.steps={newest + 1}"))
+        assert read_metrics(tmp_path)[-1]["step"] == newest + 1
