@@ -133,11 +133,13 @@ PEER_TIMEOUT = 8  # seconds (train.peer_timeout)
 def test_a_dead_or_stopped_process_stops_the_others_naming_it(
     signum, victim, tiny_overrides, tmp_path
 ):
-    # impl=dense: `auto` asks jax.devices()[0] for its memory, which process 1 cannot address
     run = [*tiny_overrides, "checkpoint.every=2", f"train.peer_timeout={PEER_TIMEOUT}"]
-    run += ["model.attention.impl=dense"]
     processes = launch_two_processes(tmp_path, run, "train.steps=100000")
     wait_for_records(tmp_path, processes, 3)
+    deadline = time.time() + 120  # and a finished checkpoint (saves are asynchronous)
+    while not any(p.name.isdigit() for p in (tmp_path / "checkpoints").iterdir()):
+        assert time.time() < deadline
+        time.sleep(0.1)
     processes[victim].send_signal(signum)
     killed_at = time.time()
     survivor = processes[1 - victim]
