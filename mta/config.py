@@ -116,6 +116,7 @@ class _DataConfig:
     # The members of task `mix`, e.g. [{task: mqar, weight: 0.4, mqar: {num_pairs: 8}},
     # {task: block, weight: 0.6, block: {num_blocks: 5}}] (see mta/data/mixture.py).
     mixture: list[MixtureMember] = field(default_factory=list)
+    prefetch: int = 2  # batches read and put on the devices ahead by a thread; 0 reads in step
 
 
 DataConfig = _with_task_settings(_DataConfig)
@@ -137,6 +138,9 @@ class TrainConfig:
     clip_norm: float = 1.0  # global-norm clipping; 0 disables it
     skip_nonfinite: bool = False  # skip (and count) updates with NaN/Inf instead of stopping
     grad_accum: int = 1  # micro-batches per step (gradient accumulation)
+    # Dispatch step k+1 before reading whether step k was finite (no host wait per step; a NaN
+    # stops the run one step later, never checkpointed); false waits for every step.
+    run_ahead: bool = True
 
 
 @dataclass
@@ -171,6 +175,9 @@ class LogConfig:
     every: int = 50  # write a metrics record every this many steps
     tensorboard: bool = True  # also write TensorBoard event files to WORKDIR/tensorboard
     progress: str = "auto"  # auto (only in a terminal) | on | off
+    # [START, STOP]: a jax.profiler trace of steps START..STOP in WORKDIR/profile ([]: none);
+    # `mta train --profile-steps START:STOP` sets it
+    profile_steps: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -251,6 +258,7 @@ NON_NEGATIVE = (
     "train.clip_norm",
     "train.min_lr_ratio",
     "eval.every",
+    "data.prefetch",
 )
 
 
@@ -489,6 +497,14 @@ def upgrade_saved(saved: dict) -> dict:
     return saved
 
 
+def _validate_profile_steps(steps: list[int]) -> None:
+    if steps and (len(steps) != 2 or not 1 <= steps[0] <= steps[1]):
+        raise ConfigError(
+            f"log.profile_steps: got {list(steps)}; must be [START, STOP] with "
+            "1 <= START <= STOP (e.g. [10, 15]) or []"
+        )
+
+
 def validate(cfg: Config) -> None:
     """Raises ConfigError for values that are well-typed but impossible."""
     for key, allowed in CHOICES.items():
@@ -556,6 +572,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"mesh.{axis}: got {size}; must be a positive size or -1 (fill)")
     if [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor].count(-1) > 1:
         raise ConfigError("mesh: at most one of data, fsdp, tensor may be -1")
+    _validate_profile_steps(cfg.log.profile_steps)
     if not math.isfinite(cfg.train.lr):
         raise ConfigError(f"train.lr: got {cfg.train.lr}; must be finite")
 
@@ -573,6 +590,8 @@ def to_yaml(cfg: Config) -> str:
 # Keys that may change when a run resumes: they do not change what is computed.
 HARMLESS_ON_RESUME = (
     "train.steps",
+    "train.run_ahead",
+    "data.prefetch",
     "model.attention.impl",
     "model.tuned_vjp",
     "log.",

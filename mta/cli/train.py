@@ -2,6 +2,7 @@
 
     mta train --config configs/toy/block_mta.yaml --workdir runs/x train.steps=200
     mta train --config configs/lm/880M_mta.yaml --dry-run
+    mta train --config configs/toy/block_mta.yaml --workdir runs/x --profile-steps 10:15
 
 (`python scripts/train.py ...` in a checkout is the same command.)
 
@@ -10,6 +11,7 @@ Exit codes: 0 success (also after SIGTERM, with a checkpoint at the stop step); 
 written; 130 after SIGINT (Ctrl-C), with a checkpoint at the stop step.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -27,6 +29,12 @@ def parse_args(argv, prog=None):
         "--dry-run",
         action="store_true",
         help="validate, build the model abstractly and print a JSON summary",
+    )
+    parser.add_argument(
+        "--profile-steps",
+        type=_step_window,
+        metavar="START:STOP",
+        help="write a jax.profiler trace of these steps to WORKDIR/profile (log.profile_steps)",
     )
     parser.add_argument(
         "--allow-config-change",
@@ -49,7 +57,17 @@ def parse_args(argv, prog=None):
     args = parser.parse_args(argv)
     if not args.dry_run and not args.workdir:
         parser.error("--workdir is required (or use --dry-run)")
+    if args.profile_steps:
+        args.overrides.append(f"log.profile_steps={args.profile_steps}")
     return args
+
+
+def _step_window(text: str) -> str:
+    """'10:15' -> '[10,15]' (the override's value); argparse reports a malformed one."""
+    first, sep, last = text.partition(":")
+    if not (sep and first.isdigit() and last.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not START:STOP, e.g. 10:15")
+    return f"[{int(first)},{int(last)}]"
 
 
 def init_distributed(args) -> None:
