@@ -4,6 +4,7 @@
     train.py      tokens/s and MFU of full training steps
     decode.py     per-token latency: cached vs recomputed decoding
     data.py       input pipeline tokens/s vs training tokens/s
+    accelerator.py  all of it on the backend at hand (GPU/TPU), loop overhead included
     harness.py    configs, machine info, JSON-lines records, timing, matmul probe, memory,
                   fresh subprocesses per configuration (their side: child.py)
     markdown.py   a run's section of docs/benchmarks.md
@@ -13,6 +14,12 @@ per measurement through a harness.Recorder. `mta bench NAME` (mta/cli/bench.py) 
 the numbers live in docs/benchmarks.md with their command and machine, not here.
 """
 
-from mta.bench import attention, data, decode, train
+from mta.bench import accelerator, attention, data, decode, train
 
-BENCHMARKS = {"attention": attention, "train": train, "decode": decode, "data": data}
+BENCHMARKS = {
+    "attention": attention,
+    "train": train,
+    "decode": decode,
+    "data": data,
+    "accelerator": accelerator,
+}

@@ -4,6 +4,7 @@
     mta bench train --config configs/toy/block_mta_cpu.yaml train.batch_size=16
     mta bench decode --contexts 1024 --model-config configs/toy/block_mta_cpu.yaml
     mta bench data
+    mta bench accelerator --out docs/bench_results.jsonl --markdown docs/benchmarks.md
     mta bench decode --out docs/bench_results.jsonl --markdown docs/benchmarks.md
 
 (`python scripts/bench.py ...` in a checkout is the same command.)
@@ -20,10 +21,11 @@ Exit codes: 0 success; 2 user error (one line naming what is wrong).
 
 import argparse
 import contextlib
+import os
 import shlex
 import sys
 
-from mta.bench import BENCHMARKS, attention, decode, train
+from mta.bench import BENCHMARKS, accelerator, attention, decode, train
 from mta.bench.harness import Recorder, UserError, load_cfg
 from mta.bench.markdown import newest_run, write_markdown
 from mta.cli.args import command_parser, non_negative_int, positive_float, positive_int
@@ -69,7 +71,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     """The CLI: one subparser per benchmark."""
     parser = command_parser(__doc__, prog)
     sub = parser.add_subparsers(
-        dest="bench", required=True, metavar="{attention,train,decode,data}"
+        dest="bench", required=True, metavar="{attention,train,decode,data,accelerator}"
     )
 
     att = _subparser(sub, "attention", "forward+backward time and peak memory vs T")
@@ -126,6 +128,10 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     data.add_argument("--batches", type=positive_int, default=50, help="timed batches")
     data.add_argument("--train-steps", type=positive_int, default=5, help="timed train steps")
     _common(data)
+
+    acc = _subparser(sub, "accelerator", "everything on the backend at hand, with targets")
+    accelerator.add_options(acc)
+    _common(acc)
     return parser
 
 
@@ -147,6 +153,8 @@ def main(argv=None, prog=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    if args.bench == "accelerator":  # attention rows run in child processes on the same GPU
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     command = shlex.join([*(prog.split() if prog else SCRIPT), *argv])
     try:
         check_args(args)
