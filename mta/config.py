@@ -116,7 +116,7 @@ class _DataConfig:
     # The members of task `mix`, e.g. [{task: mqar, weight: 0.4, mqar: {num_pairs: 8}},
     # {task: block, weight: 0.6, block: {num_blocks: 5}}] (see mta/data/mixture.py).
     mixture: list[MixtureMember] = field(default_factory=list)
-    prefetch: int = 2  # batches read and put on the devices ahead by a thread; 0 reads in step
+    prefetch: int = 2  # batches read and put on devices ahead by a thread (one process); 0: none
 
 
 DataConfig = _with_task_settings(_DataConfig)
@@ -139,7 +139,8 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip (and count) updates with NaN/Inf instead of stopping
     grad_accum: int = 1  # micro-batches per step (gradient accumulation)
     # Dispatch step k+1 before reading whether step k was finite (no host wait per step; a NaN
-    # stops the run one step later, never checkpointed); false waits for every step.
+    # stops the run one step later, never checkpointed); false waits for every step, as do
+    # multi-process runs for now (their stop agreement needs the step done).
     run_ahead: bool = True
 
 

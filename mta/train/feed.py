@@ -36,7 +36,8 @@ class DataPosition:
 
 class Prefetcher:
     """An iterator of device batches: `put(next(data_iter))`, read `depth` batches ahead by a
-    background thread (depth 0: read when asked). Errors of the reader are raised by `next`."""
+    background thread from the second batch on (the first step compiles meanwhile; depth 0:
+    read when asked). Errors of the reader are raised by `next`."""
 
     def __init__(self, data_iter, put, depth: int):
         self._iter, self._put, self._depth = data_iter, put, depth
@@ -44,9 +45,7 @@ class Prefetcher:
         self._queue: queue.Queue = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
         self._thread = None
-        if depth:
-            self._thread = threading.Thread(target=self._read, daemon=True, name="prefetch")
-            self._thread.start()
+        self._taken = 0
 
     def _one(self):
         local = next(self._iter)
@@ -71,6 +70,10 @@ class Prefetcher:
         return self
 
     def __next__(self):
+        self._taken += 1
+        if self._depth and self._taken == 2:  # after the first step: not during its compile
+            self._thread = threading.Thread(target=self._read, daemon=True, name="prefetch")
+            self._thread.start()
         batch, position = self._queue.get() if self._thread else self._one()
         if batch is _DONE:
             raise position

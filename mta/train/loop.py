@@ -6,9 +6,10 @@ SIGTERM/SIGINT end the run after the current step with a checkpoint at that step
 
 The host runs ahead of the devices: it dispatches step k+1 before it reads whether step k was
 finite (train.run_ahead), fetches metrics only at logging steps, and a background thread reads
-and transfers the next batches while a step runs (data.prefetch). Checkpoint, log, eval and
-stop steps are checked before anything is written, so a non-finite update never reaches a
-checkpoint; the run stops at most one step after it.
+and transfers the next batches while a step runs (data.prefetch). A multi-process run does
+neither yet (see any_process). Checkpoint, log, eval and stop steps are checked before
+anything is written, so a non-finite update never reaches a checkpoint; the run stops at most
+one step after it.
 """
 
 import sys
@@ -16,10 +17,9 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import yaml
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from mta.config import Config, ConfigError, resume_diff, to_dict, to_yaml
@@ -29,7 +29,7 @@ from mta.train.evaluation import Evaluator
 from mta.train.faults import NonFiniteError, StopRequest
 from mta.train.feed import Prefetcher, to_device
 from mta.train.health import LossSpikeDetector, peak_memory_mb
-from mta.train.mesh import batch_sharding, make_mesh, replicated
+from mta.train.mesh import batch_sharding, make_mesh
 from mta.train.metrics import MetricsWriter
 from mta.train.profile import ProfileWindow
 from mta.train.state import TrainSetup
@@ -62,25 +62,18 @@ def _progress(cfg: Config, start: int):
     )
 
 
-class AnyProcess:
-    """`agree(flag)`: True on every process, at the same step, once `flag` was true on any.
-    One process: at once. Several: the flags are combined on the devices without waiting and
-    the answer is read one step later, so there is no host round trip per step."""
+def any_process(flag: bool, metrics: dict) -> bool:
+    """True on every process if `flag` is true on any (so all stop at the same step).
 
-    def __init__(self, mesh):
-        self.multi = jax.process_count() > 1
-        self.pending = None
-        if self.multi:
-            self.sharding = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
-            self.any = jax.jit(jnp.max, out_shardings=replicated(mesh))
-
-    def __call__(self, flag: bool) -> bool:
-        if not self.multi:
-            return flag
-        previous = self.pending
-        local = np.full((jax.local_device_count(),), flag, np.int32)
-        self.pending = self.any(jax.make_array_from_process_local_data(self.sharding, local))
-        return previous is not None and bool(previous)
+    Several processes wait for the step (`metrics`) first: a collective started while a step's
+    own collectives are in flight deadlocked gloo on CPU (tests/train/test_multihost.py), so a
+    multi-host run does not run ahead yet, nor prefetch (its processes missed gloo's 30 s
+    window to join a step's first collective with it); deciding the stop inside the step would
+    let it run ahead."""
+    if jax.process_count() == 1:
+        return flag
+    jax.block_until_ready(metrics)
+    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 class FiniteCheck:
@@ -89,7 +82,8 @@ class FiniteCheck:
     (before anything of it is written); without, at once. Off with train.skip_nonfinite."""
 
     def __init__(self, cfg: Config):
-        self.enabled, self.lag = not cfg.train.skip_nonfinite, cfg.train.run_ahead
+        self.enabled = not cfg.train.skip_nonfinite
+        self.lag = cfg.train.run_ahead and jax.process_count() == 1  # see any_process
         self.pending = None
 
     def push(self, step: int, params: dict, metrics: dict) -> None:
@@ -179,7 +173,7 @@ def train(
     )
     writer = MetricsWriter(workdir, step, cfg.log.tensorboard, is_main)
     progress = _progress(cfg, step)
-    spikes, finite, any_process = LossSpikeDetector(), FiniteCheck(cfg), AnyProcess(mesh)
+    spikes, finite = LossSpikeDetector(), FiniteCheck(cfg)
     profile = ProfileWindow(cfg.log.profile_steps, workdir)
     record: dict = {}
     steps_since, time_since = 0, time.perf_counter()
@@ -195,7 +189,7 @@ def train(
                 progress.update(1)
                 finite.push(step, state["params"], metrics)
                 is_eval = step == cfg.train.steps or (cfg.eval.every and step % cfg.eval.every == 0)
-                stopping = any_process(stop.signum is not None)
+                stopping = any_process(stop.signum is not None, metrics)
                 is_log = step % cfg.log.every == 0 or is_eval or step == last_step or stopping
                 is_save = step % cfg.checkpoint.every == 0 or step == last_step or stopping
                 if is_log or is_save:
