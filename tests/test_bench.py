@@ -111,6 +111,25 @@ def test_data_ingests_a_generated_corpus(tmp_path, tiny_overrides):
     assert read["data_tokens_per_s"] > 0 and read["seq_len"] == 64
 
 
+def test_accelerator_tiny_runs_every_part(tmp_path, tiny_overrides):
+    data_dir = next(o for o in tiny_overrides if o.startswith("data.data_dir=")).split("=", 1)[1]
+    args = ["accelerator", "--tiny", "--data-dir", data_dir, "--steps", 1, "--timeout", 600]
+    records = run_ok(tmp_path, *args)
+    parts = {r["part"] for r in records}
+    assert parts == {"attention", "train", "loop", "decode"}, parts
+    for record in records:
+        assert record["status"] in ("ok", "unavailable"), record
+        if record["status"] == "ok":
+            assert record["value"] is not None and record["unit"], record
+    (loop,) = [r for r in records if r["part"] == "loop"]
+    assert loop["loop_step_s"] > 0 and loop["bare_step_s"] > 0 and isinstance(loop["met"], bool)
+    mta = [r for r in records if r["part"] == "train" and r["name"] == "toy mta"]
+    assert mta and mta[0]["ratio"] > 0 and isinstance(mta[0]["met"], bool)
+    assert "jax_dpa xla" in {r["name"] for r in records if r["part"] == "attention"}
+    text = (tmp_path / "bench.md").read_text()
+    assert "| loop | train loop vs bare step |" in text
+
+
 def test_markdown_section_is_rewritten_in_place(tmp_path):
     machine = {"cpu": "cpu", "cores": 2, "memory_gb": 1, "jax": "x", "backend": "cpu",
                "devices": 1, "load_avg_1m": 0.0, "date": "today"}  # fmt: skip
@@ -136,6 +155,7 @@ def test_markdown_section_is_rewritten_in_place(tmp_path):
         ["train", "--config", "configs/missing.yaml"],
         ["train", "model.no_such_key=1"],
         ["data", "--batches", "x"],
+        ["accelerator", "--parts", "nope"],
         ["frobnicate"],
     ],
 )

@@ -5,6 +5,7 @@
     decode.py     per-token latency: cached vs recomputed decoding
     data.py       corpus ingestion tokens/s and peak RSS; input pipeline vs training tokens/s
     soak.py       a long toy run with a SIGTERM and resume: RSS, open files, checkpoints, metrics
+    accelerator.py  all of it on the backend at hand (GPU/TPU), loop overhead included
     harness.py    configs, machine info, JSON-lines records, timing, matmul probe, memory,
                   fresh subprocesses per configuration (their side: child.py)
     markdown.py   a run's section of docs/benchmarks.md
@@ -14,6 +15,13 @@ per measurement through a harness.Recorder. `mta bench NAME` (mta/cli/bench.py) 
 the numbers live in docs/benchmarks.md with their command and machine, not here.
 """
 
-from mta.bench import attention, data, decode, soak, train
+from mta.bench import accelerator, attention, data, decode, soak, train
 
-BENCHMARKS = {"attention": attention, "train": train, "decode": decode, "data": data, "soak": soak}
+BENCHMARKS = {
+    "attention": attention,
+    "train": train,
+    "decode": decode,
+    "data": data,
+    "soak": soak,
+    "accelerator": accelerator,
+}

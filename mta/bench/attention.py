@@ -26,12 +26,13 @@ from mta.bench.harness import (
 
 VARIANTS = ("jax_dpa", "baseline", "mta_pre", "mta_full", "talking_heads", "diff")
 REFERENCE = "jax_dpa"  # jax.nn.dot_product_attention: the yardstick of every ratio
+CUDNN = "jax_dpa_cudnn"  # its cuDNN kernel in bfloat16, run by `bench accelerator` on a GPU
 BLOCKWISE_VARIANTS = ("baseline", "mta_pre", "mta_full", "talking_heads")
 RELEASE_CONV = (6, 11)  # c_q x c_k of the release's pre and post key-query convolutions
 # Rough number of float32 [B, H, T, T] maps alive at once in a dense implementation (forward +
 # backward): a lower bound used only to skip configurations that cannot fit.
 LIVE_MAPS = {"jax_dpa": 3, "baseline": 3, "mta_pre": 5, "mta_full": 8, "talking_heads": 5,
-             "diff": 5}  # fmt: skip
+             "diff": 5, CUDNN: 2}  # fmt: skip
 COLUMNS = [  # (markdown header, record key)
     ("variant", "variant"),
     ("impl", "impl"),
@@ -101,6 +102,10 @@ def attention_fn(variant: str, impl: str):
     def fn(x: dict):
         if variant == "jax_dpa":
             return jax.nn.dot_product_attention(x["q"], x["k"], x["v"], is_causal=True)
+        if variant == CUDNN:  # bfloat16 (what cuDNN's fused kernel takes), GPU only
+            q, k, v = (x[name].astype("bfloat16") for name in "qkv")
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation="cudnn")
+            return out.astype("float32")
         if variant == "diff":
             return differential_attention(x["q"], x["k"], x["v"], x["lam"])
         kernels = {name: x.get(name) for name in kernel_names}
@@ -197,7 +202,7 @@ def run(args, rec: Recorder) -> None:
         (variant, impl)
         for variant in args.variants
         if variant != REFERENCE
-        for impl in args.impls
+        for impl in (["cudnn"] if variant == CUDNN else args.impls)
         if impl != "blockwise" or variant in BLOCKWISE_VARIANTS
     ]
     stopped = set()

@@ -149,23 +149,22 @@ def timing_fields(times: list[float], prefix: str = "time") -> dict:
     }
 
 
-def matmul_probe(n: int, repeats: int = 2):
-    """A callable returning the float32 [n, n] @ [n, n] GFLOP/s of the moment (best of
+def matmul_probe(n: int, repeats: int = 2, dtype: str = "float32"):
+    """A callable returning the [n, n] @ [n, n] GFLOP/s of the moment in `dtype` (best of
     `repeats` calls); compiled and run once here."""
     import jax
-    import jax.numpy as jnp
 
-    a = jax.random.normal(jax.random.key(n), (n, n), jnp.float32)
-    dot = jax.jit(jnp.dot)
+    a = jax.random.normal(jax.random.key(n), (n, n), dtype)
+    dot = jax.jit(jax.numpy.dot)
     dot(a, a).block_until_ready()
     return lambda: (
         2 * n**3 / min(time_calls(lambda: dot(a, a).block_until_ready(), repeats, 0)) / 1e9
     )
 
 
-def matmul_peak(sizes: list[int], repeats: int = 3) -> dict:
-    """Best float32 jnp.dot GFLOP/s over square sizes: the machine's attainable peak, now."""
-    per_size = {str(n): round(matmul_probe(n, repeats)(), 2) for n in sizes}
+def matmul_peak(sizes: list[int], repeats: int = 3, dtype: str = "float32") -> dict:
+    """Best jnp.dot GFLOP/s in `dtype` over square sizes: the machine's attainable peak, now."""
+    per_size = {str(n): round(matmul_probe(n, repeats, dtype)(), 2) for n in sizes}
     return {"matmul_peak_gflops": max(per_size.values()), "matmul_gflops_by_size": per_size}
 
 

@@ -77,28 +77,21 @@ def synthetic_batch(cfg, seq_len: int, seed: int = 0) -> dict:
 
 
 def measure_train(cfg, steps: int, warmup: int, batch: dict | None = None, probe=None) -> dict:
-    """Wall times of a jitted train step (jitted as in mta/train/loop.py) on one batch
+    """Wall times of the loop's jitted train step (mta.train.step.make_train_step) on one batch
     (default: synthetic_batch); the first call, which compiles, is timed apart. With `probe`
     (matmul_probe), the matmul GFLOP/s just before each timed step too ("peaks")."""
-    import functools
-
     import jax
 
     from mta.data import pipeline
     from mta.model import count_params
-    from mta.train.mesh import batch_sharding, make_mesh, replicated
+    from mta.train.mesh import batch_sharding, make_mesh
     from mta.train.state import TrainSetup
-    from mta.train.step import train_step
+    from mta.train.step import make_train_step
 
     mesh = make_mesh(cfg.mesh)
     setup = TrainSetup(cfg, mesh)
     seq_len = pipeline.sequence_length(cfg.data)
-    step_fn = jax.jit(
-        functools.partial(train_step, setup.graphdef, setup.optimizer, setup.schedule, cfg.train),
-        in_shardings=(setup.shardings, batch_sharding(mesh)),
-        out_shardings=(setup.shardings, replicated(mesh)),
-        donate_argnums=0,
-    )
+    step_fn = make_train_step(setup)
     batch = jax.device_put(batch or synthetic_batch(cfg, seq_len), batch_sharding(mesh))
     box = {"state": setup.init_state()}
 

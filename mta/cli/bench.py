@@ -5,6 +5,7 @@
     mta bench decode --contexts 1024 --model-config configs/toy/block_mta_cpu.yaml
     mta bench data --config configs/lm/small_baseline.yaml --corpus-mb 2048 --workers 1 2
     mta bench soak --steps 20000
+    mta bench accelerator --out docs/bench_results.jsonl --markdown docs/benchmarks.md
     mta bench decode --out docs/bench_results.jsonl --markdown docs/benchmarks.md
 
 (`python scripts/bench.py ...` in a checkout is the same command.)
@@ -21,10 +22,11 @@ Exit codes: 0 success; 1 a soak check failed; 2 user error (one line naming what
 
 import argparse
 import contextlib
+import os
 import shlex
 import sys
 
-from mta.bench import BENCHMARKS, attention, decode, soak, train
+from mta.bench import BENCHMARKS, accelerator, attention, decode, soak, train
 from mta.bench.harness import Recorder, UserError, load_cfg
 from mta.bench.markdown import newest_run, write_markdown
 from mta.cli.args import (
@@ -76,7 +78,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     """The CLI: one subparser per benchmark."""
     parser = command_parser(__doc__, prog)
     sub = parser.add_subparsers(
-        dest="bench", required=True, metavar="{attention,train,decode,data,soak}"
+        dest="bench", required=True, metavar="{attention,train,decode,data,soak,accelerator}"
     )
 
     att = _subparser(sub, "attention", "forward+backward time and peak memory vs T")
@@ -152,6 +154,9 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     so.add_argument("--sample-every", type=positive_float, default=1.0, help="seconds")
     so.add_argument("--workdir", help="a fresh run directory (default: a new temporary one)")
     _common(so)
+    acc = _subparser(sub, "accelerator", "everything on the backend at hand, with targets")
+    accelerator.add_options(acc)
+    _common(acc)
     return parser
 
 
@@ -173,6 +178,8 @@ def main(argv=None, prog=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(prog)
     args = parser.parse_args(argv)
+    if args.bench == "accelerator":  # attention rows run in child processes on the same GPU
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     command = shlex.join([*(prog.split() if prog else SCRIPT), *argv])
     try:
         check_args(args)

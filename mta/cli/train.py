@@ -2,6 +2,7 @@
 
     mta train --config configs/toy/block_mta.yaml --workdir runs/x train.steps=200
     mta train --config configs/lm/880M_mta.yaml --dry-run
+    mta train --config configs/toy/block_mta.yaml --workdir runs/x --profile-steps 10:15
 
 (`python scripts/train.py ...` in a checkout is the same command.)
 
@@ -12,6 +13,7 @@ of a multi-process run died or hangs (train.peer_timeout; relaunch to resume); 1
 (Ctrl-C), with a checkpoint at the stop step.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -29,6 +31,12 @@ def parse_args(argv, prog=None):
         "--dry-run",
         action="store_true",
         help="validate, build the model abstractly and print a JSON summary",
+    )
+    parser.add_argument(
+        "--profile-steps",
+        type=_step_window,
+        metavar="START:STOP",
+        help="write a jax.profiler trace of these steps to WORKDIR/profile (log.profile_steps)",
     )
     parser.add_argument(
         "--allow-config-change",
@@ -51,7 +59,17 @@ def parse_args(argv, prog=None):
     args = parser.parse_args(argv)
     if not args.dry_run and not args.workdir:
         parser.error("--workdir is required (or use --dry-run)")
+    if args.profile_steps:
+        args.overrides.append(f"log.profile_steps={args.profile_steps}")
     return args
+
+
+def _step_window(text: str) -> str:
+    """'10:15' -> '[10,15]' (the override's value); argparse reports a malformed one."""
+    first, sep, last = text.partition(":")
+    if not (sep and first.isdigit() and last.isdigit()):
+        raise argparse.ArgumentTypeError(f"{text!r} is not START:STOP, e.g. 10:15")
+    return f"[{int(first)},{int(last)}]"
 
 
 def init_distributed(args, peer_timeout: float = 0.0) -> None:

@@ -131,6 +131,14 @@ def _validate_sources(data: DataConfig) -> None:
             raise ConfigError(f"data.sources[{index}].{_one_line(err)}") from None
 
 
+def _validate_profile_steps(steps: list[int]) -> None:
+    if steps and (len(steps) != 2 or not 1 <= steps[0] <= steps[1]):
+        raise ConfigError(
+            f"log.profile_steps: got {list(steps)}; must be [START, STOP] with "
+            "1 <= START <= STOP (e.g. [10, 15]) or []"
+        )
+
+
 def validate(cfg: Config) -> None:
     """Raises ConfigError for values that are well-typed but impossible."""
     for key, allowed in CHOICES.items():
@@ -216,5 +224,6 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"mesh.{axis}: got {size}; must be a positive size or -1 (fill)")
     if [cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor].count(-1) > 1:
         raise ConfigError("mesh: at most one of data, fsdp, tensor may be -1")
+    _validate_profile_steps(cfg.log.profile_steps)
     if not math.isfinite(cfg.train.lr):
         raise ConfigError(f"train.lr: got {cfg.train.lr}; must be finite")

@@ -7,6 +7,8 @@ from mta.config.schema import Config, to_dict
 
 HARMLESS_ON_RESUME = (
     "train.steps",
+    "train.run_ahead",
+    "data.prefetch",
     "train.peer_timeout",
     "model.attention.impl",
     "model.tuned_vjp",

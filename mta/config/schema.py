@@ -138,6 +138,7 @@ class _DataConfig:
     # The members of task `mix`, e.g. [{task: mqar, weight: 0.4, mqar: {num_pairs: 8}},
     # {task: block, weight: 0.6, block: {num_blocks: 5}}] (see mta/data/mixture.py).
     mixture: list[MixtureMember] = field(default_factory=list)
+    prefetch: int = 2  # batches read and put on devices ahead by a thread (one process); 0: none
     # The sources of task corpus, e.g. [{path: "shards/**/*.jsonl.zst", weight: 0.3, text_key:
     # text}, {path: "tfds:lm1b", weight: 0.7}] (see mta/data/tasks/corpus.py).
     sources: list[SourceConfig] = field(default_factory=list)
@@ -162,6 +163,10 @@ class TrainConfig:
     clip_norm: float = 1.0  # global-norm clipping; 0 disables it
     skip_nonfinite: bool = False  # skip (and count) updates with NaN/Inf instead of stopping
     grad_accum: int = 1  # micro-batches per step (gradient accumulation)
+    # Dispatch step k+1 before reading whether step k was finite (no host wait per step; a NaN
+    # stops the run one step later, never checkpointed); false waits for every step, as do
+    # multi-process runs for now (their stop agreement needs the step done).
+    run_ahead: bool = True
     peer_timeout: float = 300.0  # multi-process: seconds a peer may be silent before all exit
 
 
@@ -197,6 +202,9 @@ class LogConfig:
     every: int = 50  # write a metrics record every this many steps
     tensorboard: bool = True  # also write TensorBoard event files to WORKDIR/tensorboard
     progress: str = "auto"  # auto (only in a terminal) | on | off
+    # [START, STOP]: a jax.profiler trace of steps START..STOP in WORKDIR/profile ([]: none);
+    # `mta train --profile-steps START:STOP` sets it
+    profile_steps: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -283,6 +291,7 @@ NON_NEGATIVE = (
     "train.min_lr_ratio",
     "train.peer_timeout",
     "eval.every",
+    "data.prefetch",
 )
 
 

@@ -6,7 +6,8 @@ per length bucket, not once per batch:
     texts = runner.generate([prompt_tokens, ...], max_new_tokens=16)      # greedy, cached
 
 Teacher-forced rows are right-padded to a `bucket` length (causal attention: padding after a
-row changes nothing before it); partial batches are filled with empty rows. Generation batches
+row changes nothing before it); partial batches are filled with empty rows, and the rows are
+split over the mesh's data axes (padded to a multiple of its batch shards). Generation batches
 are filled with copies of their first prompt and get one extra dummy row whose prompt is as
 long as the bucket, and the cache size is a bucket too, which fixes every shape (each row reads
 only its own positions, so the extra rows change nothing).
@@ -24,7 +25,8 @@ from jax.sharding import Mesh
 from mta.data import pipeline
 from mta.data.tokenizers import BYTE, Tokenizer
 from mta.eval.generate import Generator
-from mta.train.mesh import replicated
+from mta.train.feed import shard_global_batch
+from mta.train.mesh import batch_sharding
 from mta.train.step import forward
 
 
@@ -68,6 +70,7 @@ class Runner:
     def __init__(self, graphdef: nnx.GraphDef, params: dict, mesh: Mesh, batch_size: int, tok=BYTE):
         self.params, self.mesh, self.batch_size = params, mesh, batch_size
         self.tok: Tokenizer = tok
+        self._sharding = batch_sharding(mesh)  # rows split over the data axes
         self._score = jax.jit(functools.partial(_token_scores, graphdef))
         self._generator = Generator(nnx.merge(graphdef, params), tok)
 
@@ -82,7 +85,7 @@ class Runner:
             length = bucket(max(len(e["inputs"]) for e in examples))
             batch = pipeline.pad_batch(examples + fill, length, self.tok.pad_id)
             predicted_BT, logprob_BT = jax.device_get(
-                self._score(self.params, jax.device_put(batch, replicated(self.mesh)))
+                self._score(self.params, shard_global_batch(batch, self._sharding))
             )
             for row, example in enumerate(examples):
                 size = len(example["inputs"])

@@ -8,6 +8,7 @@ model's (another variant, a renamed parameter) is refused before any array is re
 line each for the missing and unexpected parameter paths and the shape mismatches.
 """
 
+import functools
 import gc
 import shutil
 import sys
@@ -155,13 +156,20 @@ def open_and_restore(
 def _collect_abandoned_reads() -> None:
     """Collects the array reads a failed restore left suspended. Collected at exit instead, each
     prints its copy of the read error (a TensorStore spec, dozens of lines) after the one line
-    that already reported it, and whether they are left depends on timing."""
+    that already reported it, and whether they are left depends on timing: reads still in
+    flight now are finalized later (more often with the loop's prefetch thread running), so
+    from here on the reports of such abandoned reads are dropped; any other is printed."""
     report = sys.unraisablehook
     sys.unraisablehook = lambda unraisable: None
     try:
         gc.collect()
     finally:
-        sys.unraisablehook = report
+        sys.unraisablehook = functools.partial(_drop_abandoned_reads, report)
+
+
+def _drop_abandoned_reads(report, unraisable) -> None:
+    if getattr(unraisable.object, "__name__", "") != "_read_array_index_and_device_put":
+        report(unraisable)
 
 
 def _set_aside(paths: list[Path]) -> None:

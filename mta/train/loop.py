@@ -3,9 +3,15 @@
 `train(cfg, workdir)` resumes from the newest readable checkpoint in the workdir if there is one,
 and then continues exactly as an uninterrupted run would (same batches, same updates).
 SIGTERM/SIGINT end the run after the current step with a checkpoint at that step.
+
+The host runs ahead of the devices: it dispatches step k+1 before it reads whether step k was
+finite (train.run_ahead), fetches metrics only at logging steps, and a background thread reads
+and transfers the next batches while a step runs (data.prefetch). A multi-process run does
+neither yet (see any_process). Checkpoint, log, eval and stop steps are checked before
+anything is written, so a non-finite update never reaches a checkpoint; the run stops at most
+one step after it.
 """
 
-import functools
 import sys
 import time
 from pathlib import Path
@@ -20,27 +26,15 @@ from mta.config import Config, ConfigError, resume_diff, to_dict, to_yaml
 from mta.data import pipeline
 from mta.data.tokenizers import record as tokenizer_record
 from mta.train import checkpoint
+from mta.train.evaluation import Evaluator
 from mta.train.faults import NonFiniteError, StopRequest
+from mta.train.feed import Prefetcher, to_device
 from mta.train.health import LossSpikeDetector, peak_memory_mb
-from mta.train.mesh import batch_sharding, make_mesh, replicated
+from mta.train.mesh import batch_sharding, make_mesh
 from mta.train.metrics import MetricsWriter
+from mta.train.profile import ProfileWindow
 from mta.train.state import TrainSetup
-from mta.train.step import eval_step, train_step
-
-
-def evaluate(setup: TrainSetup, params: dict, batches: list[dict]) -> dict:
-    """Exact-match error (%) and mean loss over the answer tokens of `batches`."""
-    step_fn = jax.jit(functools.partial(eval_step, setup.graphdef))
-    totals = {}
-    for batch in batches:
-        batch = jax.device_put(batch, replicated(setup.mesh))
-        for key, value in step_fn(params, batch).items():
-            totals[key] = totals.get(key, 0.0) + float(value)
-    return {
-        "eval/exact_match_error": 100.0 * (1.0 - totals["exact"] / max(totals["examples"], 1)),
-        "eval/loss": totals["loss_sum"] / max(totals["weight_sum"], 1.0),
-        "eval/examples": int(totals["examples"]),
-    }
+from mta.train.step import make_train_step
 
 
 def check_resume_config(cfg: Config, workdir: Path, allow_change: bool) -> None:
@@ -69,16 +63,52 @@ def _progress(cfg: Config, start: int):
     )
 
 
-def _any_process(flag: bool) -> bool:
-    """True on every process if `flag` is true on any (so all stop at the same step)."""
+def any_process(flag: bool, metrics: dict) -> bool:
+    """True on every process if `flag` is true on any (so all stop at the same step).
+
+    Several processes wait for the step (`metrics`) first: a collective started while a step's
+    own collectives are in flight deadlocked gloo on CPU (tests/train/test_multihost.py), so a
+    multi-host run does not run ahead yet, nor prefetch (its processes missed gloo's 30 s
+    window to join a step's first collective with it); deciding the stop inside the step would
+    let it run ahead."""
     if jax.process_count() == 1:
         return flag
+    jax.block_until_ready(metrics)
     return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
-def _train_record(metrics, steps: int, tokens: int, elapsed: float, spikes, step: int) -> dict:
-    """The metrics.jsonl record of a logged step: train metrics, speed, memory, warnings."""
-    metrics = jax.device_get(metrics)
+class FiniteCheck:
+    """Raises NonFiniteError for a step whose loss or gradients were NaN/Inf. With `lag`, a
+    step's flag is read when the next step has been dispatched (`push`), or at once by `flush`
+    (before anything of it is written); without, at once. Off with train.skip_nonfinite."""
+
+    def __init__(self, cfg: Config):
+        self.enabled = not cfg.train.skip_nonfinite
+        self.lag = cfg.train.run_ahead and jax.process_count() == 1  # see any_process
+        self.pending = None
+
+    def push(self, step: int, params: dict, metrics: dict) -> None:
+        previous, self.pending = self.pending, (step, params, metrics)
+        if previous is not None:
+            self._check(*previous)
+        if not self.lag:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            self._check(*pending)
+
+    def _check(self, step: int, params: dict, metrics: dict) -> None:
+        if self.enabled and not bool(metrics["finite"]):
+            raise NonFiniteError(_nonfinite_message(step, params, metrics["finite_by_param"]))
+
+
+def _train_record(
+    metrics: dict, steps: int, tokens: int, elapsed: float, spikes, step: int
+) -> dict:
+    """The metrics.jsonl record of a logged step (metrics fetched): train metrics, speed,
+    memory, warnings."""
     record = {k: float(v) for k, v in metrics.items() if k != "finite_by_param"}
     record["step_time_s"] = elapsed / steps
     record["tokens_per_s"] = tokens / elapsed
@@ -103,9 +133,9 @@ def train(
     """Trains to `cfg.train.steps` (or stops after `until_step`, saving a checkpoint there).
 
     Writes WORKDIR/config.yaml, tokenizer.json (which tokenizer: kind, path, fingerprint),
-    metrics.jsonl, tensorboard/ and checkpoints/. Returns the last
-    logged metrics (with the final evaluation), plus `stopped_by` if a signal ended the run early
-    (the signal's name, or "another process" when it reached another host).
+    metrics.jsonl, tensorboard/ and checkpoints/ (and profile/ with log.profile_steps). Returns
+    the last logged metrics (with the final evaluation), plus `stopped_by` if a signal ended the
+    run early (the signal's name, or "another process" when it reached another host).
     Raises ConfigError, NonFiniteError or CheckpointWriteError.
     """
     workdir = Path(workdir)
@@ -142,54 +172,55 @@ def train(
     step = int(state["step"])
     last_step = min(cfg.train.steps, until_step or cfg.train.steps)
 
+    step_fn, evaluate = make_train_step(setup), Evaluator(setup)
     data_sharding = batch_sharding(mesh)
-    step_fn = jax.jit(
-        functools.partial(train_step, setup.graphdef, setup.optimizer, setup.schedule, cfg.train),
-        in_shardings=(setup.shardings, data_sharding),
-        out_shardings=(setup.shardings, replicated(mesh)),
-        donate_argnums=0,
+    batches = Prefetcher(
+        data_iter, lambda local: to_device(local, data_sharding), cfg.data.prefetch
     )
     writer = MetricsWriter(workdir, step, cfg.log.tensorboard, is_main)
     progress = _progress(cfg, step)
-    spikes = LossSpikeDetector()
+    spikes, finite = LossSpikeDetector(), FiniteCheck(cfg)
+    profile = ProfileWindow(cfg.log.profile_steps, workdir)
     record: dict = {}
     steps_since, time_since = 0, time.perf_counter()
     try:
         with jax.set_mesh(mesh), StopRequest() as stop:
             while step < last_step:
-                local = next(data_iter)
-                batch = {
-                    k: jax.make_array_from_process_local_data(data_sharding, v)
-                    for k, v in local.items()
-                }
+                batch = next(batches)
+                profile.before(step + 1)
                 state, metrics = step_fn(state, batch)
                 step += 1
                 steps_since += 1
+                profile.after(step, state)
                 progress.update(1)
-                if not cfg.train.skip_nonfinite and not bool(metrics["finite"]):
-                    raise NonFiniteError(
-                        _nonfinite_message(step, state["params"], metrics["finite_by_param"])
-                    )
+                finite.push(step, state["params"], metrics)
                 is_eval = step == cfg.train.steps or (cfg.eval.every and step % cfg.eval.every == 0)
-                stopping = _any_process(stop.signum is not None)
-                if step % cfg.log.every == 0 or is_eval or step == last_step or stopping:
+                stopping = any_process(stop.signum is not None, metrics)
+                is_log = step % cfg.log.every == 0 or is_eval or step == last_step or stopping
+                is_save = step % cfg.checkpoint.every == 0 or step == last_step or stopping
+                if is_log or is_save:
+                    finite.flush()  # nothing of a non-finite step is written
+                if is_log:
+                    metrics = jax.device_get(metrics)
                     elapsed = time.perf_counter() - time_since
                     tokens = steps_since * cfg.train.batch_size * seq_len
                     record = _train_record(metrics, steps_since, tokens, elapsed, spikes, step)
                     if is_eval:
-                        record.update(evaluate(setup, state["params"], eval_data))
+                        record.update(evaluate(state["params"], eval_data))
                     writer.write(step, record)
                     progress.set_postfix(loss=f"{record['loss']:.4f}")
                     steps_since, time_since = 0, time.perf_counter()
-                if step % cfg.checkpoint.every == 0 or step == last_step or stopping:
-                    checkpoint.save(manager, step, state, data_iter)
+                if is_save:
+                    checkpoint.save(manager, step, state, batches.position())
                 if stopping:
                     checkpoint.wait(manager)
                     return {"step": step, **record, "stopped_by": stop.signal_name}
         if "eval/exact_match_error" not in record:
-            record.update(evaluate(setup, state["params"], eval_data))
+            record.update(evaluate(state["params"], eval_data))
         checkpoint.wait(manager)
     finally:
+        profile.close()
+        batches.close()
         progress.close()
         writer.close()
         try:

@@ -71,6 +71,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
+def batch_shards(mesh: Mesh) -> int:
+    """How many pieces the batch dimension is split into (data x fsdp)."""
+    return math.prod(mesh.shape[axis] for axis in BATCH_AXES)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

@@ -12,6 +12,7 @@ import optax
 from flax import nnx
 
 from mta.config import TrainConfig
+from mta.train.mesh import batch_sharding, replicated
 
 
 def forward(graphdef: nnx.GraphDef, params: dict, batch: dict) -> jax.Array:
@@ -82,6 +83,29 @@ def train_step(graphdef, optimizer, schedule, cfg: TrainConfig, state: dict, bat
         "skipped": skipped,
     }
     return new_state, metrics
+
+
+def make_train_step(setup, donate: bool = True):
+    """The jitted train step of a TrainSetup, state and batch on their shardings (the state
+    donated): step_fn(state, batch) -> (new state, metrics), metrics replicated. The one place
+    the loop, the benchmarks and the dry run's memory analysis get it from."""
+    cfg = setup.cfg
+    return jax.jit(
+        functools.partial(train_step, setup.graphdef, setup.optimizer, setup.schedule, cfg.train),
+        in_shardings=(setup.shardings, batch_sharding(setup.mesh)),
+        out_shardings=(setup.shardings, replicated(setup.mesh)),
+        donate_argnums=0 if donate else (),
+    )
+
+
+def make_eval_step(setup):
+    """The jitted eval step of a TrainSetup: (params, batch split over the batch axes) -> sums,
+    replicated. Compiled once per batch shape."""
+    return jax.jit(
+        functools.partial(eval_step, setup.graphdef),
+        in_shardings=(setup.shardings["params"], batch_sharding(setup.mesh)),
+        out_shardings=replicated(setup.mesh),
+    )
 
 
 def eval_step(graphdef, params: dict, batch: dict) -> dict:
