@@ -156,7 +156,7 @@ def run(args, cfg) -> int:
         watchdog = PeerWatchdog(cfg.train.peer_timeout, args.workdir, lock.release).start()
     try:
         with lock:
-            code = _train(args, cfg, lock)
+            code = _train(args, cfg, lock, watchdog)
     except Exception as err:
         if watchdog is not None:  # the peers stop too, naming this process
             if not isinstance(err, ConfigError):
@@ -168,7 +168,7 @@ def run(args, cfg) -> int:
     return code
 
 
-def _train(args, cfg, lock) -> int:
+def _train(args, cfg, lock, watchdog) -> int:
     from mta.train import faults
     from mta.train.loop import train
 
@@ -178,6 +178,9 @@ def _train(args, cfg, lock) -> int:
         print(f"error: {err}", file=sys.stderr)
         return faults.EXIT_NONFINITE
     except faults.CheckpointWriteError as err:
+        # A save's collective fails first when a peer dies: then the lost peer is the one line
+        if watchdog is not None:
+            watchdog.settle()
         # Metrics and the manager are closed by now. Orbax's writer threads keep failing and
         # printing after a write error, burying this line, so the process ends here at once.
         print(f"error: {err}", file=sys.stderr)
