@@ -17,6 +17,9 @@ def test_soak_runs_its_checks_in_a_tiny_setting(tiny_overrides, tmp_path):
     out, workdir = tmp_path / "soak.jsonl", tmp_path / "run"
     command = [sys.executable, "scripts/bench.py", "soak", "--steps", "200", "--warmup", "40"]
     command += ["--checkpoint-every", "20", "--eval-every", "100", "--sample-every", "0.05"]
+    # 200 steps have no real warm-up: the first evaluation compiles after step 40, so RSS grows
+    # by tens of MB that a 20,000-step run amortises; the bound itself is tested below
+    command += ["--max-rss-growth-mb", "400"]
     command += [
         "--workdir",
         workdir,
@@ -40,3 +43,35 @@ def test_soak_runs_its_checks_in_a_tiny_setting(tiny_overrides, tmp_path):
 def test_logged_steps_of_a_run_stopped_once():
     cfg = load_config(None, ["log.every=10", "eval.every=25"])
     assert logged_steps(cfg, 50, 33) == [10, 20, 25, 30, 33, 40, 50]
+
+
+class _FakeSegment:
+    def __init__(self, samples):
+        self.samples = samples
+
+    def warm(self, warmup):
+        return [s for s in self.samples if s[0] > warmup]
+
+
+def test_the_rss_check_fails_past_its_bound(tmp_path):
+    from argparse import Namespace
+
+    from mta.bench.soak import check
+
+    cfg = load_config(None, ["log.every=10", "eval.every=100", "checkpoint.every=20"])
+    (tmp_path / "checkpoints").mkdir()
+    for step in (160, 180, 200):
+        (tmp_path / "checkpoints" / str(step)).mkdir()
+    steps = logged_steps(cfg, 200, 100)
+    (tmp_path / "metrics.jsonl").write_text("".join(f'{{"step": {s}}}\n' for s in steps))
+    samples = [(step, 500.0 + 0.3 * step, 40) for step in range(50, 201, 10)]  # +45 MB
+    args = Namespace(warmup=40, steps=200, fd_slack=4)
+    cfg.checkpoint.keep = 3
+    ok = check(
+        cfg, Namespace(**vars(args), max_rss_growth_mb=50), tmp_path, [_FakeSegment(samples)], 100
+    )
+    bad = check(
+        cfg, Namespace(**vars(args), max_rss_growth_mb=40), tmp_path, [_FakeSegment(samples)], 100
+    )
+    assert ok["passed"], ok["failures"]
+    assert not bad["passed"] and "RSS grew 45 MB after warm-up" in bad["failures"]
