@@ -81,9 +81,11 @@ def choose_impl(spec: KernelSpec, q_shape, k_shape, backend: str | None = None) 
 
 def dense_map_bytes(spec: KernelSpec, batch: int, heads: int, queries: int, keys: int) -> int:
     """float32 [B, H, T, S] maps one dense MTA layer keeps for its backward: logits and weights,
-    plus one per convolution or mixing (two for the post conv: its input and output)."""
-    maps = 2 + spec.pre_conv + (spec.head_pre != "none") + 2 * spec.kq_post
-    maps += spec.head_post != "none"
+    2 * c_q per key-query convolution (the c_q row-shifted maps it sums and their gradients),
+    one for linear/grouped pre mixing, two for post mixing. Counted from XLA:CPU's analysis of
+    the compiled train step (mta/train/memory.py; docs/scaling.md)."""
+    maps = 2 + 2 * spec.pre_taps[0] * spec.kq_pre + 2 * spec.post_taps[0] * spec.kq_post
+    maps += (spec.head_pre != "none") + 2 * (spec.head_post != "none")
     return 4 * batch * heads * queries * keys * maps
 
 
