@@ -206,6 +206,29 @@ def test_fixture_tasks_through_lm_eval_evaluator(lm):
     assert len(results["samples"]["mta_tiny_rolling"]) == 3
 
 
+def test_checkpoint_tokenizer_is_used(tiny_overrides, tokenizer_files, tmp_path):
+    """A run trained with a SentencePiece tokenizer (the data test_tokenizer_cli.py builds):
+    requests are tokenized with it (context and continuation split as lm-eval does: the
+    continuation is what the whole adds)."""
+    kind, path = tokenizer_files["unigram"]
+    workdir = tmp_path / "sp_run"
+    # test_tokenizer_cli.py's run: in one session its dataset and compiled steps are reused
+    argv = ["--config", "configs/toy/block_baseline_cpu.yaml", "--workdir", str(workdir)]
+    tokenizer = [f"data.tokenizer.kind={kind}", f"data.tokenizer.path={path}"]
+    overrides = [*tiny_overrides, *tokenizer, "model.vocab_size=400", "data.seq_len=48"]
+    assert train_cli.main([*argv, *overrides, "train.steps=2", "eval.every=2"]) == 0
+    lm = HarnessLM(workdir=str(workdir), batch_size=2, max_length=MAX_LENGTH)
+    assert lm.tok.kind == "sentencepiece" and lm.tok.path == path
+    pairs = [("the cat sat on", " the mat"), ("", "hello world"), ("once upon", " a time")]
+    got = lm.loglikelihood([_request("loglikelihood", *pair) for pair in pairs])
+    for pair, (logprob, greedy) in zip(pairs, got, strict=True):
+        want, want_greedy = _expected_loglikelihood(lm, *pair)
+        np.testing.assert_allclose(logprob, want, rtol=1e-5, atol=1e-4, err_msg=str(pair))
+        assert greedy == want_greedy
+    (text,) = lm.generate_until([_request("generate_until", "the cat", {"max_gen_toks": 4})])
+    assert text == _greedy_bytes(lm, "the cat", 4).decode("utf-8", "replace")
+
+
 def _cli(argv, capsys) -> tuple[int, list[str], str]:
     code = eval_cli.main(argv)
     captured = capsys.readouterr()
