@@ -16,6 +16,7 @@ for do_sample/temperature) with the cached decoding of mta.eval.generate, stoppi
 last max_length - max_gen_toks tokens.
 """
 
+import inspect
 import json
 import logging
 
@@ -44,6 +45,16 @@ def _positive_int(name: str, value, minimum: int = 1) -> int:
     return number
 
 
+def _positive_float(name: str, value) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        raise ModelArgError(f"{name} must be a number > 0, got {value!r}")
+    return number
+
+
 class HarnessLM(TemplateLM):
     """lm-eval's LM over one checkpoint. Model args (`--model_args k=v,...`): workdir (required),
     step (default: newest), batch_size (rows per jitted call, default 8), max_length (default
@@ -62,7 +73,8 @@ class HarnessLM(TemplateLM):
         tokenizer=None,
         seed=1234,
         loaded=None,
-        **_ignored,  # lm-eval's max_batch_size and device: JAX places the model itself
+        max_batch_size=None,  # lm-eval's, for batch_size=auto (not supported): unused
+        device=None,  # lm-eval's: JAX places the model itself
     ):
         super().__init__()
         from mta.eval import restore
@@ -71,14 +83,14 @@ class HarnessLM(TemplateLM):
             if not workdir:
                 raise ModelArgError("model_args needs workdir=WORKDIR (a training workdir)")
             step = None if step in (None, "") else _positive_int("step", step, minimum=0)
-            theta = None if rope_theta in (None, "") else float(rope_theta)
+            theta = None if rope_theta in (None, "") else _positive_float("rope_theta", rope_theta)
             found = restore.find_step(workdir, step)
             loaded = restore.load_model(workdir, found, theta, tokenizer or None)
         self.loaded, self.tok = loaded, loaded.tok
         self.batch_size = _positive_int("batch_size", batch_size)
         self.max_length = _positive_int("max_length", max_length or loaded.cfg.data.seq_len)
         self.max_gen_toks = _positive_int("max_gen_toks", max_gen_toks)
-        self.seed = int(seed)
+        self.seed = _positive_int("seed", seed, minimum=0)
         self.runner = Runner(loaded.graphdef, loaded.params, loaded.mesh, self.batch_size, self.tok)
         self._generator = Generator(nnx.merge(loaded.graphdef, loaded.params), self.tok)
         self._warned: set[str] = set()
@@ -93,6 +105,14 @@ class HarnessLM(TemplateLM):
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict, additional_config=None):
+        """The model of `arg_dict` (model_args) over `additional_config` (lm-eval's batch_size,
+        max_batch_size, device); ModelArgError naming an unknown argument."""
+        allowed = [name for name in inspect.signature(cls).parameters if name != "loaded"]
+        unknown = sorted(set(arg_dict) - set(allowed))
+        if unknown:
+            raise ModelArgError(
+                f"unknown model argument {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+            )
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
         return cls(**{**extra, **arg_dict})
 

@@ -274,6 +274,22 @@ def test_eval_cli_user_errors(run, tmp_path, capsys):
         assert code == 2 and len(err) == 1 and message in err[0], (argv, err)
 
 
+def test_model_args(run):
+    """model_args win over lm-eval's --batch_size; unknown or bad ones are one line."""
+    lm = HarnessLM.create_from_arg_string(f"workdir={run},batch_size=2,step=2", {"batch_size": 1})
+    assert lm.batch_size == 2 and lm.loaded.step == 2 and lm.max_length == 2048  # data.seq_len
+    cases = {
+        "workdir=x,stpe=3": "unknown model argument stpe; allowed: workdir, step,",
+        "step=2": "model_args needs workdir=WORKDIR",
+        f"workdir={run},batch_size=auto": "batch_size must be a positive integer, got 'auto'",
+        f"workdir={run},rope_theta=-1": "rope_theta must be a number > 0",
+        f"workdir={run},step=7": "no checkpoint at step 7",
+    }
+    for arg_string, message in cases.items():
+        with pytest.raises(ValueError, match=message):
+            HarnessLM.create_from_arg_string(arg_string, {"batch_size": 1, "device": None})
+
+
 def test_python_m_mta_harness_runs_lm_eval_cli(run, tmp_path):
     args = f"workdir={run},batch_size=2,max_length={MAX_LENGTH}"
     command = [sys.executable, "-m", "mta.harness", "--model", "mta", "--model_args", args]
