@@ -33,6 +33,7 @@ from pathlib import Path
 from mta.cli.args import command_parser, non_negative_int, positive_int, user_error
 from mta.config import ConfigError
 from mta.eval.suite import SuiteError, load_suite
+from mta.harness.errors import ModelArgError
 
 
 def parse_args(argv, prog=None):
@@ -189,7 +190,7 @@ def main(argv=None, prog=None) -> int:
                 summaries[str(workdir)].update(evaluate_harness(args, manager, workdir, step))
         print(json.dumps(summaries))
         return 0
-    except (ConfigError, SuiteError) as err:
+    except (ConfigError, SuiteError, ModelArgError) as err:
         return user_error(err)
 
 

@@ -153,7 +153,7 @@ class HarnessLM(TemplateLM):
                 continue
             if n > self.max_length:
                 raise ModelArgError(
-                    f"a continuation of {n} tokens is longer than {self.max_length}"
+                    f"a continuation of {n} tokens is longer than max_length {self.max_length}"
                 )
             whole = np.asarray([*context_enc, *continuation_enc], np.int32)[-self.max_length - 1 :]
             mask = np.zeros(len(whole), np.int32)

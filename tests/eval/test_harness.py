@@ -272,6 +272,10 @@ def test_eval_cli_user_errors(run, tmp_path, capsys):
         except SystemExit as exit_:  # argparse's errors
             code, err = exit_.code, capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and message in err[0], (argv, err)
+    # found while running: the task's max_gen_toks (6) leaves no room in --harness-max-length 6
+    argv = ["--workdir", str(run), "--harness", "mta_tiny_gen", *include]
+    code, err, _ = _cli([*argv, "--harness-max-length", "6"], capsys)
+    assert code == 2 and err[-1].startswith("error: max_gen_toks 6 leaves no room"), err[-3:]
 
 
 def test_model_args(run):
