@@ -7,6 +7,7 @@
     mta bench soak --steps 20000
     mta bench accelerator --out docs/bench_results.jsonl --markdown docs/benchmarks.md
     mta bench decode --out docs/bench_results.jsonl --markdown docs/benchmarks.md
+    mta bench harness --config configs/lm/small_mta.yaml --requests 64 --batch-size 8
 
 (`python scripts/bench.py ...` in a checkout is the same command.)
 
@@ -26,7 +27,7 @@ import os
 import shlex
 import sys
 
-from mta.bench import BENCHMARKS, accelerator, attention, decode, soak, train
+from mta.bench import BENCHMARKS, accelerator, attention, decode, lm_harness, soak, train
 from mta.bench.harness import Recorder, UserError, load_cfg
 from mta.bench.markdown import newest_run, write_markdown
 from mta.cli.args import (
@@ -78,7 +79,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     """The CLI: one subparser per benchmark."""
     parser = command_parser(__doc__, prog)
     sub = parser.add_subparsers(
-        dest="bench", required=True, metavar="{attention,train,decode,data,soak,accelerator}"
+        dest="bench", required=True, metavar="{" + ",".join(BENCHMARKS) + "}"
     )
 
     att = _subparser(sub, "attention", "forward+backward time and peak memory vs T")
@@ -157,6 +158,9 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     acc = _subparser(sub, "accelerator", "everything on the backend at hand, with targets")
     accelerator.add_options(acc)
     _common(acc)
+    har = _subparser(sub, "harness", "requests/s of the lm-eval model on a small LM")
+    lm_harness.add_options(har)
+    _common(har)
     return parser
 
 
@@ -168,7 +172,7 @@ def check_args(args) -> None:
     if args.bench == "train":
         for path in args.config or train.DEFAULT_CONFIGS:
             load_cfg(path, args.overrides)
-    if args.bench in ("data", "soak"):
+    if args.bench in ("data", "soak") or (args.bench == "harness" and not args.workdir):
         load_cfg(args.config, args.overrides)
     if args.bench == "decode" and args.model_config:
         load_cfg(args.model_config, args.model_overrides)
