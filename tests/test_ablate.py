@@ -92,7 +92,7 @@ def test_invalid_sweeps_raise_one_line(sweep, message):
 
 @pytest.mark.parametrize(
     "name, runs, steps",
-    [("pre_vs_post", 12, 3000), ("components", 18, 1000), ("variants_lm", 14, 1000),
+    [("pre_vs_post", 12, 3000), ("components", 18, 400), ("variants_lm", 14, 1000), ("cpu_lm", 1, 1000),
      ("paper_table1", 36, 100_000), ("table1_cpu", 18, 2000)],
 )  # fmt: skip
 def test_shipped_sweeps_validate(name, runs, steps, tmp_path):
