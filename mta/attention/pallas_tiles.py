@@ -1,0 +1,305 @@
+"""The tile math of the Pallas MTA kernels (pallas_mta.py, pallas_backward.py), run inside a
+kernel body on the per-batch refs of the padded inputs.
+
+Every quantity is computed on a window of global (query row, key column) coordinates: start
+(traced) and size (static). A window reads the halo it needs as a wider window of its input:
+
+    y(rows, cols)   pre-softmax logits: masked logits of c_q - 1 rows above, r cols each side,
+                    key-query conv (valid), then head mixing (all heads are in the tile)
+    p(rows, cols)   exp(y - m) / l with the row statistics of the stats pass, 0 where masked
+    a(rows, cols)   post conv of p on c_q' - 1 rows above and r' cols each side, post mixing,
+                    mask_0: the attention weights
+    da, dp, dy, dx  their gradients; a transposed conv reads rows *below* (c_q - 1) and cols
+                    each side, so dx(rows, cols) needs dy on c_q - 1 more rows and r more cols
+
+Heads are kept as Python lists of 2-D [rows, cols] arrays and kernel weights are read as
+scalars, so the body uses only 2-D dots, static value slices and elementwise ops. Inputs are
+padded so every window is in range (Geometry.pad_rows / pad_cols); padded positions are masked
+by position, their values never matter.
+"""
+
+from dataclasses import dataclass
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+
+_NT = (((1,), (1,)), ((), ()))  # a @ b.T
+_TN = (((0,), (0,)), ((), ()))  # a.T @ b
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Static shapes of one call: sizes, blocks, taps, which MTA parts are present."""
+
+    num_t: int
+    num_s: int
+    heads: int
+    kv_heads: int
+    dim: int
+    block_q: int
+    block_k: int
+    pre_taps: tuple  # (c_q, c_k); (1, 1) without kq_pre
+    post_taps: tuple  # (c_q', c_k'); (1, 1) without kq_post
+    mix_pre: bool
+    mix_post: bool
+    segments: bool
+    interpret: bool
+
+    @property
+    def kq_pre(self) -> bool:
+        return self.pre_taps != (1, 1)
+
+    @property
+    def kq_post(self) -> bool:
+        return self.post_taps != (1, 1)
+
+    @property
+    def post(self) -> bool:
+        return self.kq_post or self.mix_post
+
+    @property
+    def offset(self) -> int:
+        return self.num_s - self.num_t  # query i sits at key position i + offset
+
+    @property
+    def group(self) -> int:
+        return self.heads // self.kv_heads
+
+    @property
+    def num_qb(self) -> int:
+        return -(-self.num_t // self.block_q)
+
+    @property
+    def num_kb(self) -> int:
+        return -(-self.num_s // self.block_k)
+
+    @property
+    def pad_rows(self) -> int:
+        """Rows of padding above (and below the last block): the widest row halo is read by
+        the backward's dx window (c_q - 1 above for y, c_q - 1 + c_q' - 1 below)."""
+        return 2 * (self.pre_taps[0] - 1) + 2 * (self.post_taps[0] - 1)
+
+    @property
+    def pad_cols(self) -> int:
+        return 2 * ((self.pre_taps[1] - 1) // 2 + (self.post_taps[1] - 1) // 2)
+
+    @property
+    def rows_padded(self) -> int:
+        return self.num_qb * self.block_q + 2 * self.pad_rows
+
+    @property
+    def cols_padded(self) -> int:
+        return self.num_kb * self.block_k + 2 * self.pad_cols
+
+    def key_block_end(self, qb):
+        """Key blocks 0 .. end-1 hold every key query block qb may see (traced)."""
+        last_key = qb * self.block_q + self.block_q - 1 + self.offset
+        return jnp.minimum(self.num_kb, last_key // self.block_k + 1)
+
+    def query_block_start(self, kb):
+        """Query blocks start .. num_qb-1 hold every query that may see key block kb (traced)."""
+        return jnp.maximum(kb * self.block_k - self.offset, 0) // self.block_q
+
+
+class Tiles:
+    """Window computations of one batch row. refs: name -> per-batch ref (q [H, rows, D],
+    k / v [K, cols, D], d_out [H, rows, D], m / l / delta [H, rows], seg_q [rows], seg_k
+    [cols], kq_pre / kq_post [H, c_q, c_k], mix_pre / mix_post [H, H] as out = W @ in)."""
+
+    def __init__(self, geo: Geometry, refs: dict):
+        self.geo, self.refs = geo, refs
+        self.scale = geo.dim**-0.5
+
+    def rows(self, r0, n: int):
+        return pl.ds(r0 + self.geo.pad_rows, n)
+
+    def cols(self, c0, n: int):
+        return pl.ds(c0 + self.geo.pad_cols, n)
+
+    # --- masks -------------------------------------------------------------------------------
+
+    def allowed(self, r0, n_r: int, c0, n_c: int):
+        """[n_r, n_c] bool: inside [0, T) x [0, S), causal, same document."""
+        g = self.geo
+        rows = r0 + lax.broadcasted_iota(jnp.int32, (n_r, n_c), 0)
+        cols = c0 + lax.broadcasted_iota(jnp.int32, (n_r, n_c), 1)
+        ok = (rows >= 0) & (rows < g.num_t) & (cols >= 0) & (cols <= rows + g.offset)
+        ok = ok & (cols < g.num_s)
+        if g.segments:
+            seg_r = self.refs["seg_q"][self.rows(r0, n_r)]
+            seg_c = self.refs["seg_k"][self.cols(c0, n_c)]
+            ok = ok & (seg_r[:, None] == seg_c[None, :])
+        return ok
+
+    def same_doc(self, r0, n_r: int, shift: int):
+        """[n_r, 1] float: 1 where row r0+t and row r0+t-shift are in one document (query-axis
+        conv taps read 0 across documents); a scalar 1.0 when that cannot differ."""
+        if not self.geo.segments or shift == 0:
+            return 1.0
+        seg = self.refs["seg_q"]
+        here, there = seg[self.rows(r0, n_r)], seg[self.rows(r0 - shift, n_r)]
+        return (here == there).astype(jnp.float32)[:, None]
+
+    # --- convolutions and mixing on lists of heads --------------------------------------------
+
+    def conv(self, xs, name: str, r0, n_r: int, n_c: int):
+        """Valid key-query conv: xs[h] [n_r + c_q - 1, n_c + c_k - 1] (rows from r0 - (c_q-1))
+        -> [n_r, n_c] per head: sum_ab theta[h, a, b] x[t + a, c + b] (same document)."""
+        theta = self.refs[name]
+        _, c_q, c_k = theta.shape
+        docs = [self.same_doc(r0, n_r, c_q - 1 - a) for a in range(c_q)]
+        out = []
+        for h, x in enumerate(xs):
+            acc = jnp.zeros((n_r, n_c), jnp.float32)
+            for a in range(c_q):
+                row = jnp.zeros((n_r, n_c), jnp.float32)
+                for b in range(c_k):
+                    row = row + theta[h, a, b] * x[a : a + n_r, b : b + n_c]
+                acc = acc + row * docs[a]
+            out.append(acc)
+        return out
+
+    def conv_t(self, gs, name: str, r0, n_r: int, n_c: int):
+        """Transpose of conv: gs[h] [n_r + c_q - 1, n_c + c_k - 1] (rows from r0, cols from
+        c0 - r) -> [n_r, n_c]: sum_ab theta[h, a, b] g[t + c_q-1-a, c + c_k-1-b] (same doc)."""
+        theta = self.refs[name]
+        _, c_q, c_k = theta.shape
+        docs = [self.same_doc(r0 + c_q - 1 - a, n_r, c_q - 1 - a) for a in range(c_q)]
+        out = []
+        for h, g in enumerate(gs):
+            acc = jnp.zeros((n_r, n_c), jnp.float32)
+            for a in range(c_q):
+                s = c_q - 1 - a
+                row = jnp.zeros((n_r, n_c), jnp.float32)
+                for b in range(c_k):
+                    t = c_k - 1 - b
+                    row = row + theta[h, a, b] * g[s : s + n_r, t : t + n_c]
+                acc = acc + row * docs[a]
+            out.append(acc)
+        return out
+
+    def conv_grad(self, gs, xs, name: str, r0, n_r: int, n_c: int):
+        """d theta[h, a, b] = sum g[h] * x[h][a:, b:] (same doc): [H, c_q, c_k] float32 with
+        gs[h] [n_r, n_c] the gradient of conv's output and xs its input."""
+        _, c_q, c_k = self.refs[name].shape
+        docs = [self.same_doc(r0, n_r, c_q - 1 - a) for a in range(c_q)]
+        per_head = []
+        for g, x in zip(gs, xs, strict=True):
+            taps = [
+                [jnp.sum(g * docs[a] * x[a : a + n_r, b : b + n_c]) for b in range(c_k)]
+                for a in range(c_q)
+            ]
+            per_head.append(jnp.stack([jnp.stack(row) for row in taps]))
+        return jnp.stack(per_head)
+
+    def mix(self, xs, name: str):
+        w = self.refs[name]
+        return [sum(w[g, h] * x for h, x in enumerate(xs)) for g in range(len(xs))]
+
+    def mix_t(self, gs, name: str):
+        w = self.refs[name]
+        return [sum(w[g, h] * d for g, d in enumerate(gs)) for h in range(len(gs))]
+
+    @staticmethod
+    def mix_grad(gs, xs):
+        """d W[g, h] = sum gs[g] * xs[h]: [H, H] float32."""
+        return jnp.stack([jnp.stack([jnp.sum(g * x) for x in xs]) for g in gs])
+
+    # --- forward windows ---------------------------------------------------------------------
+
+    def logits0(self, r0, n_r: int, c0, n_c: int):
+        """Scaled q.k logits, 0 where masked (mask_0): H x [n_r, n_c] float32."""
+        g = self.geo
+        allowed = self.allowed(r0, n_r, c0, n_c)
+        keys = [self.refs["k"][j, self.cols(c0, n_c), :] for j in range(g.kv_heads)]
+        out = []
+        for h in range(g.heads):
+            q = self.refs["q"][h, self.rows(r0, n_r), :]
+            x = lax.dot_general(q, keys[h // g.group], _NT, preferred_element_type=jnp.float32)
+            out.append(jnp.where(allowed, x * self.scale, 0.0))
+        return out
+
+    def pre(self, r0, n_r: int, c0, n_c: int):
+        """(x0 on the window with its halo, z = conv_pre(x0), y = mix_pre(z)): heads lists."""
+        c_q, c_k = self.geo.pre_taps
+        r = (c_k - 1) // 2
+        x0 = self.logits0(r0 - (c_q - 1), n_r + c_q - 1, c0 - r, n_c + 2 * r)
+        z = self.conv(x0, "kq_pre", r0, n_r, n_c) if self.geo.kq_pre else x0
+        y = self.mix(z, "mix_pre") if self.geo.mix_pre else z
+        return x0, z, y
+
+    def probs(self, r0, n_r: int, c0, n_c: int):
+        """Softmax probabilities from the saved row statistics: H x [n_r, n_c]."""
+        allowed = self.allowed(r0, n_r, c0, n_c)
+        _, _, y = self.pre(r0, n_r, c0, n_c)
+        out = []
+        for h, y_h in enumerate(y):
+            m = self.refs["m"][h, self.rows(r0, n_r)][:, None]
+            l_ = self.refs["l"][h, self.rows(r0, n_r)][:, None]
+            out.append(jnp.exp(jnp.where(allowed, y_h - m, -jnp.inf)) / l_)
+        return out
+
+    def post(self, r0, n_r: int, c0, n_c: int):
+        """(p with the post halo, c = conv_post(p), a = mask_0(mix_post(c))): heads lists."""
+        c_q, c_k = self.geo.post_taps
+        r = (c_k - 1) // 2
+        p = self.probs(r0 - (c_q - 1), n_r + c_q - 1, c0 - r, n_c + 2 * r)
+        c = self.conv(p, "kq_post", r0, n_r, n_c) if self.geo.kq_post else p
+        mixed = self.mix(c, "mix_post") if self.geo.mix_post else c
+        allowed = self.allowed(r0, n_r, c0, n_c)
+        return p, c, [jnp.where(allowed, x, 0.0) for x in mixed]
+
+    def weights(self, r0, n_r: int, c0, n_c: int):
+        """The attention weights A: H x [n_r, n_c]."""
+        if self.geo.post:
+            return self.post(r0, n_r, c0, n_c)[2]
+        return self.probs(r0, n_r, c0, n_c)
+
+    # --- backward windows --------------------------------------------------------------------
+
+    def d_weights(self, r0, n_r: int, c0, n_c: int):
+        """dA = mask(d_out . v): H x [n_r, n_c] float32."""
+        g = self.geo
+        allowed = self.allowed(r0, n_r, c0, n_c)
+        values = [self.refs["v"][j, self.cols(c0, n_c), :] for j in range(g.kv_heads)]
+        out = []
+        for h in range(g.heads):
+            d_o = self.refs["d_out"][h, self.rows(r0, n_r), :]
+            x = lax.dot_general(
+                d_o, values[h // g.group].astype(d_o.dtype), _NT, preferred_element_type=jnp.float32
+            )
+            out.append(jnp.where(allowed, x, 0.0))
+        return out
+
+    def d_probs(self, r0, n_r: int, c0, n_c: int):
+        """dP: the gradient w.r.t. the probabilities, through post mixing and the post conv."""
+        c_q, c_k = self.geo.post_taps
+        r = (c_k - 1) // 2
+        d_a = self.d_weights(r0, n_r + c_q - 1, c0 - r, n_c + 2 * r)
+        d_c = self.mix_t(d_a, "mix_post") if self.geo.mix_post else d_a
+        return self.conv_t(d_c, "kq_post", r0, n_r, n_c) if self.geo.kq_post else d_c
+
+    def d_logits(self, r0, n_r: int, c0, n_c: int):
+        """dy = p (dP - delta), the gradient w.r.t. the pre-softmax logits y."""
+        p = self.probs(r0, n_r, c0, n_c)
+        d_p = self.d_probs(r0, n_r, c0, n_c)
+        out = []
+        for h in range(self.geo.heads):
+            delta = self.refs["delta"][h, self.rows(r0, n_r)][:, None]
+            out.append(p[h] * (d_p[h] - delta))
+        return out
+
+    def d_scores(self, r0, n_r: int, c0, n_c: int):
+        """(dx, dy, dz) on the window: dx = scale * mask(conv_pre^T(mix_pre^T(dy))), the gradient
+        w.r.t. the q.k products; dy (for d mix_pre) and dz = mix_pre^T(dy) (for d kq_pre).
+        dy is computed on c_q - 1 more rows below and r more cols each side."""
+        c_q, c_k = self.geo.pre_taps
+        r = (c_k - 1) // 2
+        d_y = self.d_logits(r0, n_r + c_q - 1, c0 - r, n_c + 2 * r)
+        d_z = self.mix_t(d_y, "mix_pre") if self.geo.mix_pre else d_y
+        d_x = self.conv_t(d_z, "kq_pre", r0, n_r, n_c) if self.geo.kq_pre else d_z
+        allowed = self.allowed(r0, n_r, c0, n_c)
+        window = [d[:n_r, r : r + n_c] for d in d_y]
+        d_z_window = [d[:n_r, r : r + n_c] for d in d_z]
+        return [jnp.where(allowed, d, 0.0) * self.scale for d in d_x], window, d_z_window
