@@ -43,14 +43,14 @@ def delta_kernel(tiles: Tiles, delta_ref):
         delta_ref[h, :] = acc[h]
 
 
-def param_grads(tiles: Tiles, i0, j0) -> dict:
-    """The MTA kernels' gradients from tile (i0, j0) (dense [H, H] form for the mixing)."""
+def param_grads(tiles: Tiles, i0, j0, d_y, d_z) -> dict:
+    """The MTA kernels' gradients from tile (i0, j0) (dense [H, H] form for the mixing), given
+    the tile's dy and dz (Tiles.d_scores)."""
     geo = tiles.geo
     n_r, n_c = geo.block_q, geo.block_k
     grads = {}
     if geo.kq_pre or geo.mix_pre:
         x0, z, _ = tiles.pre(i0, n_r, j0, n_c)
-        _, d_y, d_z = tiles.d_scores(i0, n_r, j0, n_c)
         if geo.mix_pre:
             grads["mix_pre"] = tiles.mix_grad(d_y, z)
         if geo.kq_pre:
@@ -78,13 +78,13 @@ def dq_kernel(tiles: Tiles, dq_ref, *param_refs):
     def step(kb, carry):
         acc, grads = carry
         j0 = kb * geo.block_k
-        d_x, _, _ = tiles.d_scores(i0, geo.block_q, j0, geo.block_k)
+        d_x, d_y, d_z = tiles.d_scores(i0, geo.block_q, j0, geo.block_k)
         keys = [tiles.refs["k"][j, tiles.cols(j0, geo.block_k), :] for j in range(geo.kv_heads)]
         acc = [
             acc[h] + jnp.dot(d_x[h], keys[h // geo.group].astype(jnp.float32))
             for h in range(geo.heads)
         ]
-        tile_grads = param_grads(tiles, i0, j0)
+        tile_grads = param_grads(tiles, i0, j0, d_y, d_z)
         return acc, {name: grads[name] + tile_grads[name] for name in names}
 
     init = (
