@@ -22,8 +22,6 @@ from jax.experimental import pallas as pl
 from mta.attention.pallas_grid import call, pad_time
 from mta.attention.pallas_tiles import Geometry, Tiles
 
-_TN = (((0,), (0,)), ((), ()))  # a.T @ b
-
 
 def delta_kernel(tiles: Tiles, delta_ref):
     """delta of the rows of query block program_id(1): [H, block_q]."""
@@ -35,12 +33,10 @@ def delta_kernel(tiles: Tiles, delta_ref):
         j0 = kb * geo.block_k
         p = tiles.probs(i0, geo.block_q, j0, geo.block_k)
         d_p = tiles.d_probs(i0, geo.block_q, j0, geo.block_k)
-        return [acc[h] + jnp.sum(p[h] * d_p[h], axis=1) for h in range(geo.heads)]
+        return acc + jnp.sum(p * d_p, axis=2)
 
-    init = [jnp.zeros((geo.block_q,), jnp.float32)] * geo.heads
-    acc = lax.fori_loop(0, geo.key_block_end(qb), step, init)
-    for h in range(geo.heads):
-        delta_ref[h, :] = acc[h]
+    init = jnp.zeros((geo.heads, geo.block_q), jnp.float32)
+    delta_ref[...] = lax.fori_loop(0, geo.key_block_end(qb), step, init)
 
 
 def param_grads(tiles: Tiles, i0, j0, d_y, d_z) -> dict:
@@ -61,7 +57,7 @@ def param_grads(tiles: Tiles, i0, j0, d_y, d_z) -> dict:
         if geo.mix_post:
             grads["mix_post"] = tiles.mix_grad(d_a, c)
         if geo.kq_post:
-            d_c = tiles.mix_t(d_a, "mix_post") if geo.mix_post else d_a
+            d_c = tiles.mix(d_a, "mix_post", transpose=True) if geo.mix_post else d_a
             grads["kq_post"] = tiles.conv_grad(d_c, p, "kq_post", i0, n_r, n_c)
     return grads
 
@@ -79,21 +75,17 @@ def dq_kernel(tiles: Tiles, dq_ref, *param_refs):
         acc, grads = carry
         j0 = kb * geo.block_k
         d_x, d_y, d_z = tiles.d_scores(i0, geo.block_q, j0, geo.block_k)
-        keys = [tiles.refs["k"][j, tiles.cols(j0, geo.block_k), :] for j in range(geo.kv_heads)]
-        acc = [
-            acc[h] + jnp.dot(d_x[h], keys[h // geo.group].astype(jnp.float32))
-            for h in range(geo.heads)
-        ]
+        k = tiles.refs["k"][:, tiles.cols(j0, geo.block_k), :].astype(jnp.float32)
+        acc = acc + tiles.head_matmul(d_x, k)
         tile_grads = param_grads(tiles, i0, j0, d_y, d_z)
         return acc, {name: grads[name] + tile_grads[name] for name in names}
 
     init = (
-        [jnp.zeros((geo.block_q, geo.dim), jnp.float32)] * geo.heads,
+        jnp.zeros((geo.heads, geo.block_q, geo.dim), jnp.float32),
         {name: jnp.zeros(tiles.refs[name].shape, jnp.float32) for name in names},
     )
     acc, grads = lax.fori_loop(0, geo.key_block_end(qb), step, init)
-    for h in range(geo.heads):
-        dq_ref[h, :, :] = acc[h]
+    dq_ref[...] = acc
     for name, ref in zip(names, param_refs, strict=True):
         ref[...] = grads[name]
 
@@ -109,21 +101,14 @@ def dkv_kernel(tiles: Tiles, dk_ref, dv_ref):
         i0 = qb * geo.block_q
         d_x, _, _ = tiles.d_scores(i0, geo.block_q, j0, geo.block_k)
         a = tiles.weights(i0, geo.block_q, j0, geo.block_k)
-        d_k, d_v = list(d_k), list(d_v)
-        for h in range(geo.heads):
-            j = h // geo.group
-            q = tiles.refs["q"][h, tiles.rows(i0, geo.block_q), :].astype(jnp.float32)
-            d_o = tiles.refs["d_out"][h, tiles.rows(i0, geo.block_q), :].astype(jnp.float32)
-            d_k[j] = d_k[j] + lax.dot_general(d_x[h], q, _TN)
-            d_v[j] = d_v[j] + lax.dot_general(a[h], d_o, _TN)
-        return d_k, d_v
+        q = tiles.refs["q"][:, tiles.rows(i0, geo.block_q), :].astype(jnp.float32)
+        d_o = tiles.refs["d_out"][:, tiles.rows(i0, geo.block_q), :].astype(jnp.float32)
+        return d_k + tiles.kv_matmul(d_x, q), d_v + tiles.kv_matmul(a, d_o)
 
-    zero = jnp.zeros((geo.block_k, geo.dim), jnp.float32)
-    init = ([zero] * geo.kv_heads, [zero] * geo.kv_heads)
-    d_k, d_v = lax.fori_loop(geo.query_block_start(kb), geo.num_qb, step, init)
-    for j in range(geo.kv_heads):
-        dk_ref[j, :, :] = d_k[j]
-        dv_ref[j, :, :] = d_v[j]
+    zero = jnp.zeros((geo.kv_heads, geo.block_k, geo.dim), jnp.float32)
+    d_k, d_v = lax.fori_loop(geo.query_block_start(kb), geo.num_qb, step, (zero, zero))
+    dk_ref[...] = d_k
+    dv_ref[...] = d_v
 
 
 def backward(geo: Geometry, inputs: dict, params: dict):

@@ -111,28 +111,24 @@ def stats_kernel(tiles: Tiles, m_ref, l_ref):
     qb = pl.program_id(1)
     i0 = qb * geo.block_q
 
-    def step(kb, carry):
+    def step(kb, carry):  # online max / sum over the key blocks
         m_old, l_old = carry
         j0 = kb * geo.block_k
         allowed = tiles.allowed(i0, geo.block_q, j0, geo.block_k)
         _, _, y = tiles.pre(i0, geo.block_q, j0, geo.block_k)
-        m_new, l_new = [], []
-        for h in range(geo.heads):
-            x = jnp.where(allowed, y[h], -jnp.inf)
-            m = jnp.maximum(m_old[h], x.max(axis=1))
-            shift = jnp.where(jnp.isfinite(m), m, 0.0)
-            l_new.append(l_old[h] * jnp.exp(m_old[h] - shift) + jnp.exp(x - shift[:, None]).sum(1))
-            m_new.append(m)
-        return m_new, l_new
+        x = jnp.where(allowed, y, -jnp.inf)
+        m = jnp.maximum(m_old, x.max(axis=2))
+        shift = jnp.where(jnp.isfinite(m), m, 0.0)
+        l_new = l_old * jnp.exp(m_old - shift) + jnp.exp(x - shift[..., None]).sum(axis=2)
+        return m, l_new
 
     init = (
-        [jnp.full((geo.block_q,), -jnp.inf, jnp.float32)] * geo.heads,
-        [jnp.zeros((geo.block_q,), jnp.float32)] * geo.heads,
+        jnp.full((geo.heads, geo.block_q), -jnp.inf, jnp.float32),
+        jnp.zeros((geo.heads, geo.block_q), jnp.float32),
     )
     m, l_ = lax.fori_loop(0, geo.key_block_end(qb), step, init)
-    for h in range(geo.heads):  # rows without an allowed key (padding): m = 0, l = 1
-        m_ref[h, :] = jnp.where(jnp.isfinite(m[h]), m[h], 0.0)
-        l_ref[h, :] = jnp.where(l_[h] > 0, l_[h], 1.0)
+    m_ref[...] = jnp.where(jnp.isfinite(m), m, 0.0)  # rows without an allowed key (padding)
+    l_ref[...] = jnp.where(l_ > 0, l_, 1.0)
 
 
 def out_kernel(tiles: Tiles, o_ref):
@@ -144,19 +140,11 @@ def out_kernel(tiles: Tiles, o_ref):
     def step(kb, acc):
         j0 = kb * geo.block_k
         a = tiles.weights(i0, geo.block_q, j0, geo.block_k)
-        values = [tiles.refs["v"][j, tiles.cols(j0, geo.block_k), :] for j in range(geo.kv_heads)]
-        return [
-            acc[h] + jnp.dot(
-                a[h].astype(values[0].dtype), values[h // geo.group],
-                preferred_element_type=jnp.float32,
-            )
-            for h in range(geo.heads)
-        ]  # fmt: skip
+        v = tiles.refs["v"][:, tiles.cols(j0, geo.block_k), :]
+        return acc + tiles.head_matmul(a.astype(v.dtype), v)
 
-    init = [jnp.zeros((geo.block_q, geo.dim), jnp.float32)] * geo.heads
-    acc = lax.fori_loop(0, geo.key_block_end(qb), step, init)
-    for h in range(geo.heads):
-        o_ref[h, :, :] = acc[h]
+    init = jnp.zeros((geo.heads, geo.block_q, geo.dim), jnp.float32)
+    o_ref[...] = lax.fori_loop(0, geo.key_block_end(qb), step, init)
 
 
 def stats(geo: Geometry, inputs: dict, params: dict):

@@ -12,8 +12,9 @@ Every quantity is computed on a window of global (query row, key column) coordin
     da, dp, dy, dx  their gradients; a transposed conv reads rows *below* (c_q - 1) and cols
                     each side, so dx(rows, cols) needs dy on c_q - 1 more rows and r more cols
 
-Heads are kept as Python lists of 2-D [rows, cols] arrays and kernel weights are read as
-scalars, so the body uses only 2-D dots, static value slices and elementwise ops. Inputs are
+Tiles are [H, rows, cols] float32 arrays (all heads of a block at once: head mixing needs
+them); the body uses batched dots over key/value heads, static value slices (the halos) and
+elementwise ops. Inputs are
 padded so every window is in range (Geometry.pad_rows / pad_cols); padded positions are masked
 by position, their values never matter.
 """
@@ -25,7 +26,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
-_TN = (((0,), (0,)), ((), ()))  # a.T @ b
+_BATCH_NT = (((2,), (2,)), ((0,), (0,)))  # a[k] @ b[k].T
+_BATCH_NN = (((2,), (1,)), ((0,), (0,)))  # a[k] @ b[k]
+_BATCH_TN = (((1,), (1,)), ((0,), (0,)))  # a[k].T @ b[k]
+_HIGHEST = lax.Precision.HIGHEST
 
 
 @dataclass(frozen=True)
@@ -141,87 +145,98 @@ class Tiles:
         here, there = seg[self.rows(r0, n_r)], seg[self.rows(r0 - shift, n_r)]
         return (here == there).astype(jnp.float32)[:, None]
 
-    # --- convolutions and mixing on lists of heads --------------------------------------------
+    # --- convolutions and head mixing on [H, rows, cols] ---------------------------------------
 
-    def conv(self, xs, name: str, r0, n_r: int, n_c: int):
-        """Valid key-query conv: xs[h] [n_r + c_q - 1, n_c + c_k - 1] (rows from r0 - (c_q-1))
-        -> [n_r, n_c] per head: sum_ab theta[h, a, b] x[t + a, c + b] (same document)."""
-        theta = self.refs[name]
+    def conv(self, x, name: str, r0, n_r: int, n_c: int):
+        """Valid key-query conv: x [H, n_r + c_q - 1, n_c + c_k - 1] (rows from r0 - (c_q-1))
+        -> [H, n_r, n_c]: sum_ab theta[h, a, b] x[h, t + a, c + b] (same document)."""
+        theta = self.refs[name][...].astype(jnp.float32)
         _, c_q, c_k = theta.shape
-        docs = [self.same_doc(r0, n_r, c_q - 1 - a) for a in range(c_q)]
-        out = []
-        for h, x in enumerate(xs):
-            acc = jnp.zeros((n_r, n_c), jnp.float32)
-            for a in range(c_q):
-                row = jnp.zeros((n_r, n_c), jnp.float32)
-                for b in range(c_k):
-                    row = row + theta[h, a, b] * x[a : a + n_r, b : b + n_c]
-                acc = acc + row * docs[a]
-            out.append(acc)
-        return out
+        acc = jnp.zeros((x.shape[0], n_r, n_c), jnp.float32)
+        for a in range(c_q):
+            row = sum(
+                theta[:, a, b, None, None] * x[:, a : a + n_r, b : b + n_c] for b in range(c_k)
+            )
+            acc = acc + row * self.same_doc(r0, n_r, c_q - 1 - a)
+        return acc
 
-    def conv_t(self, gs, name: str, r0, n_r: int, n_c: int):
-        """Transpose of conv: gs[h] [n_r + c_q - 1, n_c + c_k - 1] (rows from r0, cols from
-        c0 - r) -> [n_r, n_c]: sum_ab theta[h, a, b] g[t + c_q-1-a, c + c_k-1-b] (same doc)."""
-        theta = self.refs[name]
+    def conv_t(self, g, name: str, r0, n_r: int, n_c: int):
+        """Transpose of conv: g [H, n_r + c_q - 1, n_c + c_k - 1] (rows from r0, cols from
+        c0 - r) -> [H, n_r, n_c]: sum_ab theta[h, a, b] g[h, t + c_q-1-a, c + c_k-1-b]."""
+        theta = self.refs[name][...].astype(jnp.float32)
         _, c_q, c_k = theta.shape
-        docs = [self.same_doc(r0 + c_q - 1 - a, n_r, c_q - 1 - a) for a in range(c_q)]
-        out = []
-        for h, g in enumerate(gs):
-            acc = jnp.zeros((n_r, n_c), jnp.float32)
-            for a in range(c_q):
-                s = c_q - 1 - a
-                row = jnp.zeros((n_r, n_c), jnp.float32)
-                for b in range(c_k):
-                    t = c_k - 1 - b
-                    row = row + theta[h, a, b] * g[s : s + n_r, t : t + n_c]
-                acc = acc + row * docs[a]
-            out.append(acc)
-        return out
+        acc = jnp.zeros((g.shape[0], n_r, n_c), jnp.float32)
+        for a in range(c_q):
+            s = c_q - 1 - a
+            row = sum(
+                theta[:, a, b, None, None] * g[:, s : s + n_r, c_k - 1 - b : c_k - 1 - b + n_c]
+                for b in range(c_k)
+            )
+            acc = acc + row * self.same_doc(r0 + s, n_r, s)
+        return acc
 
-    def conv_grad(self, gs, xs, name: str, r0, n_r: int, n_c: int):
-        """d theta[h, a, b] = sum g[h] * x[h][a:, b:] (same doc): [H, c_q, c_k] float32 with
-        gs[h] [n_r, n_c] the gradient of conv's output and xs its input."""
+    def conv_grad(self, g, x, name: str, r0, n_r: int, n_c: int):
+        """d theta[h, a, b] = sum g[h] * x[h, a:, b:] (same doc): [H, c_q, c_k] float32, with
+        g [H, n_r, n_c] the gradient of conv's output and x its input."""
         _, c_q, c_k = self.refs[name].shape
-        docs = [self.same_doc(r0, n_r, c_q - 1 - a) for a in range(c_q)]
-        per_head = []
-        for g, x in zip(gs, xs, strict=True):
-            taps = [
-                [jnp.sum(g * docs[a] * x[a : a + n_r, b : b + n_c]) for b in range(c_k)]
-                for a in range(c_q)
-            ]
-            per_head.append(jnp.stack([jnp.stack(row) for row in taps]))
-        return jnp.stack(per_head)
+        rows = []
+        for a in range(c_q):
+            g_a = g * self.same_doc(r0, n_r, c_q - 1 - a)
+            taps = [jnp.sum(g_a * x[:, a : a + n_r, b : b + n_c], axis=(1, 2)) for b in range(c_k)]
+            rows.append(jnp.stack(taps, axis=-1))
+        return jnp.stack(rows, axis=1)
 
-    def mix(self, xs, name: str):
-        w = self.refs[name]
-        return [sum(w[g, h] * x for h, x in enumerate(xs)) for g in range(len(xs))]
-
-    def mix_t(self, gs, name: str):
-        w = self.refs[name]
-        return [sum(w[g, h] * d for g, d in enumerate(gs)) for h in range(len(gs))]
+    def mix(self, x, name: str, transpose: bool = False):
+        """out[g] = sum_h W[g, h] x[h] (or W^T): [H, n_r, n_c] -> [H, n_r, n_c]."""
+        w = self.refs[name][...].astype(jnp.float32)
+        w = w.T if transpose else w
+        flat = x.reshape(x.shape[0], -1)
+        return lax.dot(w, flat, precision=_HIGHEST).reshape(x.shape)
 
     @staticmethod
-    def mix_grad(gs, xs):
-        """d W[g, h] = sum gs[g] * xs[h]: [H, H] float32."""
-        return jnp.stack([jnp.stack([jnp.sum(g * x) for x in xs]) for g in gs])
+    def mix_grad(g, x):
+        """d W[g, h] = sum g[g] * x[h]: [H, H] float32."""
+        flat_g, flat_x = g.reshape(g.shape[0], -1), x.reshape(x.shape[0], -1)
+        return lax.dot_general(flat_g, flat_x, _NT, precision=_HIGHEST)
+
+    # --- heads against key / value heads (GQA: query head h reads kv head h // group) -------
+
+    def by_kv(self, x):
+        """[H, R, X] -> [K, group * R, X]."""
+        return x.reshape(self.geo.kv_heads, -1, x.shape[-1])
+
+    def by_head(self, x):
+        """[K, group * R, X] -> [H, R, X]."""
+        return x.reshape(self.geo.heads, -1, x.shape[-1])
+
+    def head_dot(self, a, b):
+        """a [H, R, X] against b [K, C, X] over X: [H, R, C] float32."""
+        out = lax.dot_general(self.by_kv(a), b, _BATCH_NT, preferred_element_type=jnp.float32)
+        return self.by_head(out)
+
+    def head_matmul(self, a, b):
+        """a [H, R, C] @ b [K, C, D]: [H, R, D] float32."""
+        out = lax.dot_general(self.by_kv(a), b, _BATCH_NN, preferred_element_type=jnp.float32)
+        return self.by_head(out)
+
+    def kv_matmul(self, a, b):
+        """sum over the heads of each kv head of a[h].T @ b[h]: a [H, R, C], b [H, R, D]
+        -> [K, C, D] float32."""
+        return lax.dot_general(
+            self.by_kv(a), self.by_kv(b), _BATCH_TN, preferred_element_type=jnp.float32
+        )
 
     # --- forward windows ---------------------------------------------------------------------
 
     def logits0(self, r0, n_r: int, c0, n_c: int):
-        """Scaled q.k logits, 0 where masked (mask_0): H x [n_r, n_c] float32."""
-        g = self.geo
-        allowed = self.allowed(r0, n_r, c0, n_c)
-        keys = [self.refs["k"][j, self.cols(c0, n_c), :] for j in range(g.kv_heads)]
-        out = []
-        for h in range(g.heads):
-            q = self.refs["q"][h, self.rows(r0, n_r), :]
-            x = lax.dot_general(q, keys[h // g.group], _NT, preferred_element_type=jnp.float32)
-            out.append(jnp.where(allowed, x * self.scale, 0.0))
-        return out
+        """Scaled q.k logits, 0 where masked (mask_0): [H, n_r, n_c] float32."""
+        q = self.refs["q"][:, self.rows(r0, n_r), :]
+        k = self.refs["k"][:, self.cols(c0, n_c), :]
+        x = self.head_dot(q, k) * self.scale
+        return jnp.where(self.allowed(r0, n_r, c0, n_c), x, 0.0)
 
     def pre(self, r0, n_r: int, c0, n_c: int):
-        """(x0 on the window with its halo, z = conv_pre(x0), y = mix_pre(z)): heads lists."""
+        """(x0 on the window with its halo, z = conv_pre(x0), y = mix_pre(z)): [H, ...] each."""
         c_q, c_k = self.geo.pre_taps
         r = (c_k - 1) // 2
         x0 = self.logits0(r0 - (c_q - 1), n_r + c_q - 1, c0 - r, n_c + 2 * r)
@@ -230,28 +245,24 @@ class Tiles:
         return x0, z, y
 
     def probs(self, r0, n_r: int, c0, n_c: int):
-        """Softmax probabilities from the saved row statistics: H x [n_r, n_c]."""
+        """Softmax probabilities from the saved row statistics: [H, n_r, n_c]."""
         allowed = self.allowed(r0, n_r, c0, n_c)
         _, _, y = self.pre(r0, n_r, c0, n_c)
-        out = []
-        for h, y_h in enumerate(y):
-            m = self.refs["m"][h, self.rows(r0, n_r)][:, None]
-            l_ = self.refs["l"][h, self.rows(r0, n_r)][:, None]
-            out.append(jnp.exp(jnp.where(allowed, y_h - m, -jnp.inf)) / l_)
-        return out
+        m = self.refs["m"][:, self.rows(r0, n_r)][..., None]
+        l_ = self.refs["l"][:, self.rows(r0, n_r)][..., None]
+        return jnp.exp(jnp.where(allowed, y - m, -jnp.inf)) / l_
 
     def post(self, r0, n_r: int, c0, n_c: int):
-        """(p with the post halo, c = conv_post(p), a = mask_0(mix_post(c))): heads lists."""
+        """(p with the post halo, c = conv_post(p), a = mask_0(mix_post(c)))."""
         c_q, c_k = self.geo.post_taps
         r = (c_k - 1) // 2
         p = self.probs(r0 - (c_q - 1), n_r + c_q - 1, c0 - r, n_c + 2 * r)
         c = self.conv(p, "kq_post", r0, n_r, n_c) if self.geo.kq_post else p
         mixed = self.mix(c, "mix_post") if self.geo.mix_post else c
-        allowed = self.allowed(r0, n_r, c0, n_c)
-        return p, c, [jnp.where(allowed, x, 0.0) for x in mixed]
+        return p, c, jnp.where(self.allowed(r0, n_r, c0, n_c), mixed, 0.0)
 
     def weights(self, r0, n_r: int, c0, n_c: int):
-        """The attention weights A: H x [n_r, n_c]."""
+        """The attention weights A: [H, n_r, n_c]."""
         if self.geo.post:
             return self.post(r0, n_r, c0, n_c)[2]
         return self.probs(r0, n_r, c0, n_c)
@@ -259,36 +270,24 @@ class Tiles:
     # --- backward windows --------------------------------------------------------------------
 
     def d_weights(self, r0, n_r: int, c0, n_c: int):
-        """dA = mask(d_out . v): H x [n_r, n_c] float32."""
-        g = self.geo
-        allowed = self.allowed(r0, n_r, c0, n_c)
-        values = [self.refs["v"][j, self.cols(c0, n_c), :] for j in range(g.kv_heads)]
-        out = []
-        for h in range(g.heads):
-            d_o = self.refs["d_out"][h, self.rows(r0, n_r), :]
-            x = lax.dot_general(
-                d_o, values[h // g.group].astype(d_o.dtype), _NT, preferred_element_type=jnp.float32
-            )
-            out.append(jnp.where(allowed, x, 0.0))
-        return out
+        """dA = mask(d_out . v): [H, n_r, n_c] float32."""
+        d_out = self.refs["d_out"][:, self.rows(r0, n_r), :]
+        v = self.refs["v"][:, self.cols(c0, n_c), :].astype(d_out.dtype)
+        return jnp.where(self.allowed(r0, n_r, c0, n_c), self.head_dot(d_out, v), 0.0)
 
     def d_probs(self, r0, n_r: int, c0, n_c: int):
         """dP: the gradient w.r.t. the probabilities, through post mixing and the post conv."""
         c_q, c_k = self.geo.post_taps
         r = (c_k - 1) // 2
         d_a = self.d_weights(r0, n_r + c_q - 1, c0 - r, n_c + 2 * r)
-        d_c = self.mix_t(d_a, "mix_post") if self.geo.mix_post else d_a
+        d_c = self.mix(d_a, "mix_post", transpose=True) if self.geo.mix_post else d_a
         return self.conv_t(d_c, "kq_post", r0, n_r, n_c) if self.geo.kq_post else d_c
 
     def d_logits(self, r0, n_r: int, c0, n_c: int):
         """dy = p (dP - delta), the gradient w.r.t. the pre-softmax logits y."""
         p = self.probs(r0, n_r, c0, n_c)
         d_p = self.d_probs(r0, n_r, c0, n_c)
-        out = []
-        for h in range(self.geo.heads):
-            delta = self.refs["delta"][h, self.rows(r0, n_r)][:, None]
-            out.append(p[h] * (d_p[h] - delta))
-        return out
+        return p * (d_p - self.refs["delta"][:, self.rows(r0, n_r)][..., None])
 
     def d_scores(self, r0, n_r: int, c0, n_c: int):
         """(dx, dy, dz) on the window: dx = scale * mask(conv_pre^T(mix_pre^T(dy))), the gradient
@@ -297,9 +296,7 @@ class Tiles:
         c_q, c_k = self.geo.pre_taps
         r = (c_k - 1) // 2
         d_y = self.d_logits(r0, n_r + c_q - 1, c0 - r, n_c + 2 * r)
-        d_z = self.mix_t(d_y, "mix_pre") if self.geo.mix_pre else d_y
+        d_z = self.mix(d_y, "mix_pre", transpose=True) if self.geo.mix_pre else d_y
         d_x = self.conv_t(d_z, "kq_pre", r0, n_r, n_c) if self.geo.kq_pre else d_z
-        allowed = self.allowed(r0, n_r, c0, n_c)
-        window = [d[:n_r, r : r + n_c] for d in d_y]
-        d_z_window = [d[:n_r, r : r + n_c] for d in d_z]
-        return [jnp.where(allowed, d, 0.0) * self.scale for d in d_x], window, d_z_window
+        d_x = jnp.where(self.allowed(r0, n_r, c0, n_c), d_x, 0.0) * self.scale
+        return d_x, d_y[:, :n_r, r : r + n_c], d_z[:, :n_r, r : r + n_c]
