@@ -14,12 +14,11 @@ conv), and dy = P (dP - delta) reads dA on c_q' - 1 more rows below and r' more 
 (the transposed post conv); pallas_tiles.Tiles computes each on the window it needs.
 """
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mta.attention.pallas_grid import call, pad_time
+from mta.attention.pallas_grid import call, merge_blocks, pad_time, per_block
 from mta.attention.pallas_tiles import Geometry, Tiles
 
 
@@ -117,30 +116,16 @@ def backward(geo: Geometry, inputs: dict, params: dict):
     gradients of params (same keys and shapes)."""
     batch = inputs["q"].shape[0]
     grid_q, grid_k = (batch, geo.num_qb), (batch, geo.num_kb)
-    row_shape = jax.ShapeDtypeStruct((batch, geo.heads, geo.num_qb * geo.block_q), jnp.float32)
-    row_spec = pl.BlockSpec((None, geo.heads, geo.block_q), lambda b, i: (b, 0, i))
-    delta = call(geo, delta_kernel, grid_q, inputs, params, row_shape, row_spec)
+    row_shape, row_spec = per_block(batch, geo.num_qb, (geo.heads, geo.block_q))
+    delta = merge_blocks(call(geo, delta_kernel, grid_q, inputs, params, row_shape, row_spec))
     inputs = {**inputs, "delta": pad_time(delta, (geo.pad_rows, geo.pad_rows))}
 
     names = sorted(params)
-    dq_shape = jax.ShapeDtypeStruct(
-        (batch, geo.heads, geo.num_qb * geo.block_q, geo.dim), jnp.float32
-    )
-    shapes = [dq_shape] + [
-        jax.ShapeDtypeStruct((batch, geo.num_qb, *params[n].shape), jnp.float32) for n in names
-    ]
-    specs = [pl.BlockSpec((None, geo.heads, geo.block_q, geo.dim), lambda b, i: (b, 0, i, 0))]
-    specs += [_block_of_partials(params[n].shape) for n in names]
-    dq, *partials = call(geo, dq_kernel, grid_q, inputs, params, shapes, specs)
+    outs = [per_block(batch, geo.num_qb, (geo.heads, geo.block_q, geo.dim))]
+    outs += [per_block(batch, geo.num_qb, params[n].shape) for n in names]
+    dq, *partials = call(geo, dq_kernel, grid_q, inputs, params, *zip(*outs, strict=True))
     d_params = {n: p.sum(axis=(0, 1)) for n, p in zip(names, partials, strict=True)}
 
-    kv_shape = jax.ShapeDtypeStruct(
-        (batch, geo.kv_heads, geo.num_kb * geo.block_k, geo.dim), jnp.float32
-    )
-    kv_spec = pl.BlockSpec((None, geo.kv_heads, geo.block_k, geo.dim), lambda b, i: (b, 0, i, 0))
-    dk, dv = call(geo, dkv_kernel, grid_k, inputs, params, (kv_shape, kv_shape), (kv_spec, kv_spec))
-    return dq, dk, dv, d_params
-
-
-def _block_of_partials(shape) -> pl.BlockSpec:
-    return pl.BlockSpec((None, None, *shape), lambda b, i: (b, i) + (0,) * len(shape))
+    kv_shape, kv_spec = per_block(batch, geo.num_kb, (geo.kv_heads, geo.block_k, geo.dim))
+    dk, dv = call(geo, dkv_kernel, grid_k, inputs, params, (kv_shape,) * 2, (kv_spec,) * 2)
+    return merge_blocks(dq), merge_blocks(dk), merge_blocks(dv), d_params

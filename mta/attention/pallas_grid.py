@@ -1,6 +1,7 @@
 """Plumbing shared by the Pallas MTA kernels: the padded head-major layout of the inputs and a
 pallas_call over a (batch, block) grid whose kernels see the per-batch refs through Tiles."""
 
+import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
@@ -59,3 +60,17 @@ def call(geo: Geometry, kernel, grid, inputs: dict, whole: dict, out_shapes, out
         interpret=geo.interpret,
         name=kernel.__name__,
     )(*inputs.values(), *whole.values())
+
+
+def per_block(batch: int, num_blocks: int, shape: tuple):
+    """(out_shape, BlockSpec) of a float32 output [B, num_blocks, *shape] that program (b, i)
+    writes [b, i] of (whole trailing dims: every lowering accepts such a block)."""
+    out = jax.ShapeDtypeStruct((batch, num_blocks, *shape), jnp.float32)
+    spec = pl.BlockSpec((None, None, *shape), lambda b, i: (b, i) + (0,) * len(shape))
+    return out, spec
+
+
+def merge_blocks(x):
+    """[B, N, H, R, ...] -> [B, H, N * R, ...]: the blocks of per_block along the time axis."""
+    x = jnp.moveaxis(x, 1, 2)
+    return x.reshape(x.shape[0], x.shape[1], -1, *x.shape[4:])

@@ -29,7 +29,7 @@ from mta.attention import pallas_backward
 from mta.attention.blockwise import multi_token_attention_blockwise
 from mta.attention.core import check_heads, check_segments
 from mta.attention.kernels import KernelSpec
-from mta.attention.pallas_grid import call, pad_time, padded_inputs
+from mta.attention.pallas_grid import call, merge_blocks, pad_time, padded_inputs, per_block
 from mta.attention.pallas_tiles import Geometry, Tiles
 
 BLOCK_Q = 64
@@ -150,11 +150,10 @@ def out_kernel(tiles: Tiles, o_ref):
 def stats(geo: Geometry, inputs: dict, params: dict):
     """(m, l): [B, H, rows_padded] float32, padded with m = 0, l = 1."""
     batch = inputs["q"].shape[0]
-    shape = jax.ShapeDtypeStruct((batch, geo.heads, geo.num_qb * geo.block_q), jnp.float32)
-    spec = pl.BlockSpec((None, geo.heads, geo.block_q), lambda b, i: (b, 0, i))
-    m, l_ = call(
-        geo, stats_kernel, (batch, geo.num_qb), inputs, params, (shape, shape), (spec, spec)
-    )
+    shape, spec = per_block(batch, geo.num_qb, (geo.heads, geo.block_q))
+    grid = (batch, geo.num_qb)
+    m, l_ = call(geo, stats_kernel, grid, inputs, params, (shape, shape), (spec, spec))
+    m, l_ = merge_blocks(m), merge_blocks(l_)
     rows = (geo.pad_rows, geo.pad_rows)
     return pad_time(m, rows, 0.0), pad_time(l_, rows, 1.0)
 
@@ -164,10 +163,10 @@ def forward(geo: Geometry, q, k, v, params, segment_ids):
     inputs = padded_inputs(geo, q, k, v, segment_ids)
     m, l_ = stats(geo, inputs, params)
     batch = q.shape[0]
-    shape = jax.ShapeDtypeStruct((batch, geo.heads, geo.num_qb * geo.block_q, geo.dim), jnp.float32)
-    spec = pl.BlockSpec((None, geo.heads, geo.block_q, geo.dim), lambda b, i: (b, 0, i, 0))
-    out = call(
-        geo, out_kernel, (batch, geo.num_qb), {**inputs, "m": m, "l": l_}, params, shape, spec
+    shape, spec = per_block(batch, geo.num_qb, (geo.heads, geo.block_q, geo.dim))
+    grid = (batch, geo.num_qb)
+    out = merge_blocks(
+        call(geo, out_kernel, grid, {**inputs, "m": m, "l": l_}, params, shape, spec)
     )
     out = jnp.swapaxes(out[:, :, : geo.num_t], 1, 2)
     return out.astype(v.dtype), (m, l_)
