@@ -3,8 +3,9 @@
     A = mask_0(mix_post(conv_post(softmax(mask_-inf(mix_pre(conv_pre(mask_0(q k^T / sqrt(D))))))))
     out = A v
 
-Grid (batch, query block); each program holds all H heads of its block (head mixing needs them)
-and loops over the key blocks causality allows. Forward, two kernels:
+Grid (batch, query block, key block), the key blocks innermost and accumulated in the resident
+output block (pallas_grid.py); each program holds all H heads of its tile (head mixing needs
+them) and skips key blocks causality masks entirely. Forward, two kernels:
   stats   online max m and sum l of exp over the pre-softmax tiles (with their halos);
   out     the probabilities of the block's rows and of the c_q' - 1 rows above it, from (m, l),
           post conv, post mixing, mask_0, then A @ v accumulated in float32.
@@ -21,7 +22,6 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 from jax.experimental import pallas as pl
 from jax.scipy.linalg import block_diag
 
@@ -105,70 +105,65 @@ def dense_mixing(weights) -> jax.Array:
 # --- forward kernels -------------------------------------------------------------------------
 
 
-def stats_kernel(tiles: Tiles, m_ref, l_ref):
-    """Row max m and sum l of exp(y - m) of query block program_id(1): [H, block_q] each."""
+def stats_kernel(tiles: Tiles, qb, kb, m_ref, l_ref):
+    """Row max m and sum l of exp(y - m) of query block qb, accumulated online over the key
+    blocks kb: [H, block_q, 1] each."""
     geo = tiles.geo
-    qb = pl.program_id(1)
-    i0 = qb * geo.block_q
+    i0, j0 = qb * geo.block_q, kb * geo.block_k
 
-    def step(kb, carry):  # online max / sum over the key blocks
-        m_old, l_old = carry
-        j0 = kb * geo.block_k
+    @pl.when(kb == 0)
+    def _init():
+        m_ref[...] = jnp.full(m_ref.shape, -jnp.inf, jnp.float32)
+        l_ref[...] = jnp.zeros(l_ref.shape, jnp.float32)
+
+    @pl.when(kb < geo.key_block_end(qb))
+    def _step():
         allowed = tiles.allowed(i0, geo.block_q, j0, geo.block_k)
         _, _, y = tiles.pre(i0, geo.block_q, j0, geo.block_k)
         x = jnp.where(allowed, y, -jnp.inf)
-        m = jnp.maximum(m_old, x.max(axis=2))
+        m_old = m_ref[...]
+        m = jnp.maximum(m_old, x.max(axis=2, keepdims=True))
         shift = jnp.where(jnp.isfinite(m), m, 0.0)
-        l_new = l_old * jnp.exp(m_old - shift) + jnp.exp(x - shift[..., None]).sum(axis=2)
-        return m, l_new
+        l_ref[...] = l_ref[...] * jnp.exp(m_old - shift) + jnp.exp(x - shift).sum(2, keepdims=True)
+        m_ref[...] = m
 
-    init = (
-        jnp.full((geo.heads, geo.block_q), -jnp.inf, jnp.float32),
-        jnp.zeros((geo.heads, geo.block_q), jnp.float32),
-    )
-    m, l_ = lax.fori_loop(0, geo.key_block_end(qb), step, init)
-    m_ref[...] = jnp.where(jnp.isfinite(m), m, 0.0)  # rows without an allowed key (padding)
-    l_ref[...] = jnp.where(l_ > 0, l_, 1.0)
+    @pl.when(kb == geo.num_kb - 1)
+    def _finish():  # rows without an allowed key (padding): m = 0, l = 1
+        m_ref[...] = jnp.where(jnp.isfinite(m_ref[...]), m_ref[...], 0.0)
+        l_ref[...] = jnp.where(l_ref[...] > 0, l_ref[...], 1.0)
 
 
-def out_kernel(tiles: Tiles, o_ref):
-    """A @ v of query block program_id(1): [H, block_q, D] float32."""
+def out_kernel(tiles: Tiles, qb, kb, o_ref):
+    """A @ v of query block qb, accumulated over the key blocks kb: [H, block_q, D] float32."""
     geo = tiles.geo
-    qb = pl.program_id(1)
-    i0 = qb * geo.block_q
+    i0, j0 = qb * geo.block_q, kb * geo.block_k
 
-    def step(kb, acc):
-        j0 = kb * geo.block_k
+    @pl.when(kb == 0)
+    def _init():
+        o_ref[...] = jnp.zeros(o_ref.shape, jnp.float32)
+
+    @pl.when(kb < geo.key_block_end(qb))
+    def _step():
         a = tiles.weights(i0, geo.block_q, j0, geo.block_k)
         v = tiles.refs["v"][:, tiles.cols(j0, geo.block_k), :]
-        return acc + tiles.head_matmul(a.astype(v.dtype), v)
-
-    init = jnp.zeros((geo.heads, geo.block_q, geo.dim), jnp.float32)
-    o_ref[...] = lax.fori_loop(0, geo.key_block_end(qb), step, init)
+        o_ref[...] += tiles.head_matmul(a.astype(v.dtype), v)
 
 
 def stats(geo: Geometry, inputs: dict, params: dict):
-    """(m, l): [B, H, rows_padded] float32, padded with m = 0, l = 1."""
-    batch = inputs["q"].shape[0]
-    shape, spec = per_block(batch, geo.num_qb, (geo.heads, geo.block_q))
-    grid = (batch, geo.num_qb)
-    m, l_ = call(geo, stats_kernel, grid, inputs, params, (shape, shape), (spec, spec))
-    m, l_ = merge_blocks(m), merge_blocks(l_)
-    rows = (geo.pad_rows, geo.pad_rows)
-    return pad_time(m, rows, 0.0), pad_time(l_, rows, 1.0)
+    """(m, l): [B, H, rows_padded, 1] float32, padded with m = 0, l = 1."""
+    shape, spec = per_block(inputs["q"].shape[0], geo.num_qb, (geo.heads, geo.block_q, 1))
+    m, l_ = call(geo, stats_kernel, False, inputs, params, (shape, shape), (spec, spec))
+    rows = geo.stats_padding
+    return pad_time(merge_blocks(m), rows, 0.0), pad_time(merge_blocks(l_), rows, 1.0)
 
 
 def forward(geo: Geometry, q, k, v, params, segment_ids):
     """-> out [B, T, H, D] (v's dtype), (m, l)."""
     inputs = padded_inputs(geo, q, k, v, segment_ids)
     m, l_ = stats(geo, inputs, params)
-    batch = q.shape[0]
-    shape, spec = per_block(batch, geo.num_qb, (geo.heads, geo.block_q, geo.dim))
-    grid = (batch, geo.num_qb)
-    out = merge_blocks(
-        call(geo, out_kernel, grid, {**inputs, "m": m, "l": l_}, params, shape, spec)
-    )
-    out = jnp.swapaxes(out[:, :, : geo.num_t], 1, 2)
+    shape, spec = per_block(q.shape[0], geo.num_qb, (geo.heads, geo.block_q, geo.dim))
+    out = call(geo, out_kernel, False, {**inputs, "m": m, "l": l_}, params, shape, spec)
+    out = jnp.swapaxes(merge_blocks(out)[:, :, : geo.num_t], 1, 2)
     return out.astype(v.dtype), (m, l_)
 
 

@@ -89,12 +89,29 @@ class Geometry:
         return 2 * ((self.pre_taps[1] - 1) // 2 + (self.post_taps[1] - 1) // 2)
 
     @property
+    def window_rows(self) -> int:
+        """Rows of a program's query window: block_q + 2 pad_rows, up to a multiple of 8 (the
+        TPU lowering's rule for a block's second-minor dimension)."""
+        return _round_up(self.block_q + 2 * self.pad_rows, 8)
+
+    @property
+    def window_cols(self) -> int:
+        """Columns of a program's key window: block_k + 2 pad_cols, up to a multiple of 8, or of
+        128 with documents (the key ids' window is a [1, cols] block)."""
+        return _round_up(self.block_k + 2 * self.pad_cols, 128 if self.segments else 8)
+
+    @property
     def rows_padded(self) -> int:
-        return self.num_qb * self.block_q + 2 * self.pad_rows
+        return (self.num_qb - 1) * self.block_q + self.window_rows
 
     @property
     def cols_padded(self) -> int:
-        return self.num_kb * self.block_k + 2 * self.pad_cols
+        return (self.num_kb - 1) * self.block_k + self.window_cols
+
+    @property
+    def stats_padding(self) -> tuple:
+        """(above, below) that pad per-query-block rows [num_qb * block_q] to rows_padded."""
+        return self.pad_rows, self.rows_padded - self.pad_rows - self.num_qb * self.block_q
 
     def key_block_end(self, qb):
         """Key blocks 0 .. end-1 hold every key query block qb may see (traced)."""
@@ -106,20 +123,30 @@ class Geometry:
         return jnp.maximum(kb * self.block_k - self.offset, 0) // self.block_q
 
 
-class Tiles:
-    """Window computations of one batch row. refs: name -> per-batch ref (q [H, rows, D],
-    k / v [K, cols, D], d_out [H, rows, D], m / l / delta [H, rows], seg_q [rows], seg_k
-    [cols], kq_pre / kq_post [H, c_q, c_k], mix_pre / mix_post [H, H] as out = W @ in)."""
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
-    def __init__(self, geo: Geometry, refs: dict):
+
+class Tiles:
+    """Window computations of program (query block qb, key block kb) of one batch row.
+
+    refs: name -> ref of this program's windows (pallas_grid): q / d_out [H, rows, D], k / v
+    [K, cols, D], m / l / delta [H, rows, 1], seg_q [rows, 1], seg_k [1, cols] with rows from
+    global query qb * block_q - pad_rows and cols from global key kb * block_k - pad_cols; and
+    whole kq_pre / kq_post [H, c_q, c_k], mix_pre / mix_post [H, H] (out = W @ in).
+    """
+
+    def __init__(self, geo: Geometry, refs: dict, qb, kb):
         self.geo, self.refs = geo, refs
         self.scale = geo.dim**-0.5
+        self.row_base = qb * geo.block_q - geo.pad_rows  # global index of window row 0
+        self.col_base = kb * geo.block_k - geo.pad_cols
 
     def rows(self, r0, n: int):
-        return pl.ds(r0 + self.geo.pad_rows, n)
+        return pl.ds(r0 - self.row_base, n)
 
     def cols(self, c0, n: int):
-        return pl.ds(c0 + self.geo.pad_cols, n)
+        return pl.ds(c0 - self.col_base, n)
 
     # --- masks -------------------------------------------------------------------------------
 
@@ -131,9 +158,9 @@ class Tiles:
         ok = (rows >= 0) & (rows < g.num_t) & (cols >= 0) & (cols <= rows + g.offset)
         ok = ok & (cols < g.num_s)
         if g.segments:
-            seg_r = self.refs["seg_q"][self.rows(r0, n_r)]
-            seg_c = self.refs["seg_k"][self.cols(c0, n_c)]
-            ok = ok & (seg_r[:, None] == seg_c[None, :])
+            seg_r = self.refs["seg_q"][self.rows(r0, n_r), :]
+            seg_c = self.refs["seg_k"][:, self.cols(c0, n_c)]
+            ok = ok & (seg_r == seg_c)
         return ok
 
     def same_doc(self, r0, n_r: int, shift: int):
@@ -142,8 +169,8 @@ class Tiles:
         if not self.geo.segments or shift == 0:
             return 1.0
         seg = self.refs["seg_q"]
-        here, there = seg[self.rows(r0, n_r)], seg[self.rows(r0 - shift, n_r)]
-        return (here == there).astype(jnp.float32)[:, None]
+        here, there = seg[self.rows(r0, n_r), :], seg[self.rows(r0 - shift, n_r), :]
+        return (here == there).astype(jnp.float32)
 
     # --- convolutions and head mixing on [H, rows, cols] ---------------------------------------
 
@@ -248,8 +275,8 @@ class Tiles:
         """Softmax probabilities from the saved row statistics: [H, n_r, n_c]."""
         allowed = self.allowed(r0, n_r, c0, n_c)
         _, _, y = self.pre(r0, n_r, c0, n_c)
-        m = self.refs["m"][:, self.rows(r0, n_r)][..., None]
-        l_ = self.refs["l"][:, self.rows(r0, n_r)][..., None]
+        m = self.refs["m"][:, self.rows(r0, n_r), :]
+        l_ = self.refs["l"][:, self.rows(r0, n_r), :]
         return jnp.exp(jnp.where(allowed, y - m, -jnp.inf)) / l_
 
     def post(self, r0, n_r: int, c0, n_c: int):
@@ -287,7 +314,7 @@ class Tiles:
         """dy = p (dP - delta), the gradient w.r.t. the pre-softmax logits y."""
         p = self.probs(r0, n_r, c0, n_c)
         d_p = self.d_probs(r0, n_r, c0, n_c)
-        return p * (d_p - self.refs["delta"][:, self.rows(r0, n_r)][..., None])
+        return p * (d_p - self.refs["delta"][:, self.rows(r0, n_r), :])
 
     def d_scores(self, r0, n_r: int, c0, n_c: int):
         """(dx, dy, dz) on the window: dx = scale * mask(conv_pre^T(mix_pre^T(dy))), the gradient
