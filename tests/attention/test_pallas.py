@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from mta.attention import mta as mta_module
+from mta.attention.chunked import use_chunks
 from mta.attention.mta import multi_token_attention
 from mta.attention.pallas_mta import dense_mixing, multi_token_attention_pallas
 from mta.attention.reference import mix_heads, multi_token_attention_reference
@@ -169,6 +170,8 @@ def test_impl_pallas_dispatches_and_auto_never_picks_it(monkeypatch):
     multi_token_attention(q, kv, kv, impl="pallas")
     multi_token_attention(q, kv, kv, impl="auto")
     assert calls == ["pallas"]
+    # FoX and stick-breaking have no Pallas kernel: pallas means their O(T) chunked path
+    assert use_chunks("pallas", q.shape, kv.shape) and not use_chunks("dense", q.shape, kv.shape)
 
 
 @pytest.mark.parametrize(
