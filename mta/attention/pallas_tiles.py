@@ -1,5 +1,5 @@
 """The tile math of the Pallas MTA kernels (pallas_mta.py, pallas_backward.py), run inside a
-kernel body on the per-batch refs of the padded inputs.
+kernel body on the program's windows of the padded inputs (pallas_grid.py).
 
 Every quantity is computed on a window of global (query row, key column) coordinates: start
 (traced) and size (static). A window reads the halo it needs as a wider window of its input:
@@ -14,9 +14,8 @@ Every quantity is computed on a window of global (query row, key column) coordin
 
 Tiles are [H, rows, cols] float32 arrays (all heads of a block at once: head mixing needs
 them); the body uses batched dots over key/value heads, static value slices (the halos) and
-elementwise ops. Inputs are
-padded so every window is in range (Geometry.pad_rows / pad_cols); padded positions are masked
-by position, their values never matter.
+elementwise ops. Inputs are padded so every window is in range (Geometry.pad_rows / pad_cols);
+padded positions are masked by position, their values never matter.
 """
 
 from dataclasses import dataclass
@@ -143,9 +142,11 @@ class Tiles:
         self.col_base = kb * geo.block_k - geo.pad_cols
 
     def rows(self, r0, n: int):
+        """The slice of the query-indexed windows holding global rows r0 .. r0 + n - 1."""
         return pl.ds(r0 - self.row_base, n)
 
     def cols(self, c0, n: int):
+        """The slice of the key-indexed windows holding global columns c0 .. c0 + n - 1."""
         return pl.ds(c0 - self.col_base, n)
 
     # --- masks -------------------------------------------------------------------------------
