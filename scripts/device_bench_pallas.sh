@@ -10,7 +10,10 @@
 # GPU lowering, jax's default for pallas_call on a GPU), triton.jsonl (impl=pallas under the
 # Triton lowering, T = 2048 only) and log.txt. Bounded to about 9 minutes: each row has
 # --timeout seconds, a row stops at its first timeout, and records are appended as they come, so
-# a cut-off run keeps what it measured. docs/mta.md ("The Pallas kernel") says what to expect.
+# a cut-off run keeps what it measured. docs/mta.md ("The Pallas kernel") says what to expect:
+# the kernels did not lower for CUDA when exported from a CPU machine, so the pallas rows are
+# expected to record that error. A machine without network keeps the jax it has (the lent GPU
+# machines were seen with jax 0.11.2 for CUDA 13); env.txt and every record's note name it.
 set -uo pipefail
 OUT=${OUT:-/tmp/device_bench_pallas}
 PY=${PYTHON:-python3}
