@@ -92,9 +92,9 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
         metavar="VARIANT", help=f"some of {', '.join(attention.VARIANTS)} (default: all)",
     )  # fmt: skip
     att.add_argument(
-        "--impls", nargs="+", choices=("reference", "dense", "blockwise"),
+        "--impls", nargs="+", choices=("reference", "dense", "blockwise", "pallas"),
         default=["dense", "blockwise"], metavar="IMPL",
-        help="reference, dense and/or blockwise (default: dense blockwise)",
+        help="reference, dense, blockwise and/or pallas (default: dense blockwise)",
     )  # fmt: skip
     _shape_options(att)
     att.add_argument("--repeats", type=positive_int, default=5, help="timed calls (median)")
