@@ -139,7 +139,7 @@ class _DataConfig:
     # The members of task `mix`, e.g. [{task: mqar, weight: 0.4, mqar: {num_pairs: 8}},
     # {task: block, weight: 0.6, block: {num_blocks: 5}}] (see mta/data/mixture.py).
     mixture: list[MixtureMember] = field(default_factory=list)
-    prefetch: int = 2  # batches read and put on devices ahead by a thread (one process); 0: none
+    prefetch: int = 2  # batches read and put on the devices ahead by a thread; 0: none
     # The sources of task corpus, e.g. [{path: "shards/**/*.jsonl.zst", weight: 0.3, text_key:
     # text}, {path: "tfds:lm1b", weight: 0.7}] (see mta/data/tasks/corpus.py).
     sources: list[SourceConfig] = field(default_factory=list)
@@ -164,9 +164,9 @@ class TrainConfig:
     clip_norm: float = 1.0  # global-norm clipping; 0 disables it
     skip_nonfinite: bool = False  # skip (and count) updates with NaN/Inf instead of stopping
     grad_accum: int = 1  # micro-batches per step (gradient accumulation)
-    # Dispatch step k+1 before reading whether step k was finite (no host wait per step; a NaN
-    # stops the run one step later, never checkpointed); false waits for every step, as do
-    # multi-process runs for now (their stop agreement needs the step done).
+    # Dispatch step k+1 before reading whether step k was finite or any process was signalled
+    # (no host wait per step; a NaN stops the run one step later, never checkpointed); false
+    # waits for every step.
     run_ahead: bool = True
     peer_timeout: float = 300.0  # multi-process: seconds a peer may be silent before all exit
 

@@ -6,10 +6,11 @@ SIGTERM/SIGINT end the run after the current step with a checkpoint at that step
 
 The host runs ahead of the devices: it dispatches step k+1 before it reads whether step k was
 finite (train.run_ahead), fetches metrics only at logging steps, and a background thread reads
-and transfers the next batches while a step runs (data.prefetch). A multi-process run does
-neither yet (see any_process). Checkpoint, log, eval and stop steps are checked before
-anything is written, so a non-finite update never reaches a checkpoint; the run stops at most
-one step after it.
+and transfers the next batches while a step runs (data.prefetch). A multi-process run does the
+same: the step itself tells every process whether any was signalled (mta/train/stopping.py), so
+all stop at the same step without a host collective. Checkpoint, log, eval and stop steps are
+checked before anything is written, so a non-finite update never reaches a checkpoint; the run
+stops at most one step after it.
 """
 
 import sys
@@ -17,9 +18,7 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
 import yaml
-from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from mta.config import Config, ConfigError, resume_diff, to_dict, to_yaml
@@ -27,7 +26,7 @@ from mta.data import pipeline
 from mta.data.tokenizers import record as tokenizer_record
 from mta.train import checkpoint
 from mta.train.evaluation import Evaluator
-from mta.train.faults import NonFiniteError, StopRequest
+from mta.train.faults import StopRequest
 from mta.train.feed import Prefetcher, to_device
 from mta.train.health import LossSpikeDetector, peak_memory_mb
 from mta.train.mesh import batch_sharding, make_mesh
@@ -35,6 +34,7 @@ from mta.train.metrics import MetricsWriter
 from mta.train.profile import ProfileWindow
 from mta.train.state import TrainSetup
 from mta.train.step import make_train_step
+from mta.train.stopping import StepChecks, Votes
 
 
 def check_resume_config(cfg: Config, workdir: Path, allow_change: bool) -> None:
@@ -63,53 +63,12 @@ def _progress(cfg: Config, start: int):
     )
 
 
-def any_process(flag: bool, metrics: dict) -> bool:
-    """True on every process if `flag` is true on any (so all stop at the same step).
-
-    Several processes wait for the step (`metrics`) first: a collective started while a step's
-    own collectives are in flight deadlocked gloo on CPU (tests/train/test_multihost.py), so a
-    multi-host run does not run ahead yet, nor prefetch (its processes missed gloo's 30 s
-    window to join a step's first collective with it); deciding the stop inside the step would
-    let it run ahead."""
-    if jax.process_count() == 1:
-        return flag
-    jax.block_until_ready(metrics)
-    return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
-
-
-class FiniteCheck:
-    """Raises NonFiniteError for a step whose loss or gradients were NaN/Inf. With `lag`, a
-    step's flag is read when the next step has been dispatched (`push`), or at once by `flush`
-    (before anything of it is written); without, at once. Off with train.skip_nonfinite."""
-
-    def __init__(self, cfg: Config):
-        self.enabled = not cfg.train.skip_nonfinite
-        self.lag = cfg.train.run_ahead and jax.process_count() == 1  # see any_process
-        self.pending = None
-
-    def push(self, step: int, params: dict, metrics: dict) -> None:
-        previous, self.pending = self.pending, (step, params, metrics)
-        if previous is not None:
-            self._check(*previous)
-        if not self.lag:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending is not None:
-            pending, self.pending = self.pending, None
-            self._check(*pending)
-
-    def _check(self, step: int, params: dict, metrics: dict) -> None:
-        if self.enabled and not bool(metrics["finite"]):
-            raise NonFiniteError(_nonfinite_message(step, params, metrics["finite_by_param"]))
-
-
 def _train_record(
     metrics: dict, steps: int, tokens: int, elapsed: float, spikes, step: int
 ) -> dict:
     """The metrics.jsonl record of a logged step (metrics fetched): train metrics, speed,
     memory, warnings."""
-    record = {k: float(v) for k, v in metrics.items() if k != "finite_by_param"}
+    record = {k: float(v) for k, v in metrics.items() if k not in ("finite_by_param", "stop")}
     record["step_time_s"] = elapsed / steps
     record["tokens_per_s"] = tokens / elapsed
     record.update(peak_memory_mb())
@@ -118,13 +77,6 @@ def _train_record(
         record["warning"] = warning
         print(f"warning: step {step}: {warning}", file=sys.stderr)
     return record
-
-
-def _nonfinite_message(step: int, params: dict, finite_by_param) -> str:
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-    bad = [path for path, ok in zip(paths, np.asarray(finite_by_param), strict=True) if not ok]
-    where = f"; first non-finite gradient: params{bad[0]}" if bad else " (gradients finite)"
-    return f"loss or gradients are NaN/Inf at step {step}{where}; not checkpointed"
 
 
 def train(
@@ -172,14 +124,15 @@ def train(
     step = int(state["step"])
     last_step = min(cfg.train.steps, until_step or cfg.train.steps)
 
-    step_fn, evaluate = make_train_step(setup), Evaluator(setup)
+    votes = Votes(mesh) if jax.process_count() > 1 else None  # see mta/train/stopping.py
+    step_fn, evaluate = make_train_step(setup, votes=votes is not None), Evaluator(setup)
     data_sharding = batch_sharding(mesh)
     batches = Prefetcher(
         data_iter, lambda local: to_device(local, data_sharding), cfg.data.prefetch
     )
     writer = MetricsWriter(workdir, step, cfg.log.tensorboard, is_main)
     progress = _progress(cfg, step)
-    spikes, finite = LossSpikeDetector(), FiniteCheck(cfg)
+    spikes, checks = LossSpikeDetector(), StepChecks(cfg, votes=votes is not None)
     profile = ProfileWindow(cfg.log.profile_steps, workdir)
     record: dict = {}
     steps_since, time_since = 0, time.perf_counter()
@@ -188,18 +141,19 @@ def train(
             while step < last_step:
                 batch = next(batches)
                 profile.before(step + 1)
-                state, metrics = step_fn(state, batch)
+                vote = [votes(stop.signum is not None)] if votes else []
+                state, metrics = step_fn(state, batch, *vote)
                 step += 1
                 steps_since += 1
                 profile.after(step, state)
                 progress.update(1)
-                finite.push(step, state["params"], metrics)
+                checks.push(step, state["params"], metrics)
                 is_eval = step == cfg.train.steps or (cfg.eval.every and step % cfg.eval.every == 0)
-                stopping = any_process(stop.signum is not None, metrics)
+                stopping = checks.stopping(stop.signum is not None)
                 is_log = step % cfg.log.every == 0 or is_eval or step == last_step or stopping
                 is_save = step % cfg.checkpoint.every == 0 or step == last_step or stopping
                 if is_log or is_save:
-                    finite.flush()  # nothing of a non-finite step is written
+                    checks.flush()  # nothing of a non-finite step is written
                 if is_log:
                     metrics = jax.device_get(metrics)
                     elapsed = time.perf_counter() - time_since
@@ -227,4 +181,6 @@ def train(
             manager.close()
         except Exception:  # a failed save was already raised by checkpoint.save/wait
             pass
+    if stop.signum is not None:  # signalled in the last step, before its vote was read
+        record["stopped_by"] = stop.signal_name
     return {"step": step, **record}

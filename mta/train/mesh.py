@@ -80,6 +80,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def vote_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a [num_devices] array split over every mesh axis: one element per device
+    (each process sets the elements of its own devices; mta/train/stopping.py)."""
+    return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
+
+
 def check_batch(cfg) -> None:
     """ConfigError unless the mesh fits the devices and the global batch splits evenly over the
     batch shards and the processes."""

@@ -12,7 +12,7 @@ import optax
 from flax import nnx
 
 from mta.config import TrainConfig
-from mta.train.mesh import batch_sharding, replicated
+from mta.train.mesh import batch_sharding, replicated, vote_sharding
 
 
 def forward(graphdef: nnx.GraphDef, params: dict, batch: dict) -> jax.Array:
@@ -85,17 +85,32 @@ def train_step(graphdef, optimizer, schedule, cfg: TrainConfig, state: dict, bat
     return new_state, metrics
 
 
-def make_train_step(setup, donate: bool = True):
+def make_train_step(setup, donate: bool = True, votes: bool = False):
     """The jitted train step of a TrainSetup, state and batch on their shardings (the state
     donated): step_fn(state, batch) -> (new state, metrics), metrics replicated. The one place
-    the loop, the benchmarks and the dry run's memory analysis get it from."""
+    the loop, the benchmarks and the dry run's memory analysis get it from.
+
+    With `votes` (a multi-process run): step_fn(state, batch, votes) with votes a [num_devices]
+    int32 array on mesh.vote_sharding, and metrics["stop"] (replicated) says whether any vote
+    was set: every process learns from the step itself whether any process was signalled."""
     cfg = setup.cfg
+    step = functools.partial(train_step, setup.graphdef, setup.optimizer, setup.schedule, cfg.train)
+    in_shardings = (setup.shardings, batch_sharding(setup.mesh))
+    if votes:
+        step = functools.partial(_voting_step, step)
+        in_shardings = (*in_shardings, vote_sharding(setup.mesh))
     return jax.jit(
-        functools.partial(train_step, setup.graphdef, setup.optimizer, setup.schedule, cfg.train),
-        in_shardings=(setup.shardings, batch_sharding(setup.mesh)),
+        step,
+        in_shardings=in_shardings,
         out_shardings=(setup.shardings, replicated(setup.mesh)),
         donate_argnums=0 if donate else (),
     )
+
+
+def _voting_step(step, state: dict, batch: dict, votes: jax.Array):
+    new_state, metrics = step(state, batch)
+    metrics["stop"] = (votes > 0).any()
+    return new_state, metrics
 
 
 def make_eval_step(setup):

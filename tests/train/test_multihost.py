@@ -1,6 +1,8 @@
 """Two real JAX processes (CPU, gloo over 127.0.0.1) train like one process with two devices,
-each reading its own share of every batch, and agree on the checkpoint."""
+each reading its own share of every batch, and agree on the checkpoint; they run ahead of the
+devices (no wait per step) and still stop at the same step on a signal or a NaN."""
 
+import json
 import os
 import signal
 import socket
@@ -23,10 +25,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def command(workdir, overrides, *extra):
+def command(workdir, overrides, *extra, program=("scripts/train.py",)):
     return [
         sys.executable,
-        "scripts/train.py",
+        *program,
         "--config",
         "configs/toy/block_mta_cpu.yaml",
         "--workdir",
@@ -38,8 +40,9 @@ def command(workdir, overrides, *extra):
     ]
 
 
-def launch_two_processes(workdir, overrides, *extra, env=None):
-    """Starts scripts/train.py as processes 0 and 1 of one JAX run over 127.0.0.1."""
+def launch_two_processes(workdir, overrides, *extra, env=None, program=None):
+    """Starts scripts/train.py (or python `program`, e.g. ["-c", code]) as processes 0 and 1 of
+    one JAX run over 127.0.0.1."""
     port = free_port()
     return [
         subprocess.Popen(
@@ -50,6 +53,7 @@ def launch_two_processes(workdir, overrides, *extra, env=None):
                 f"--coordinator=127.0.0.1:{port}",
                 "--num-processes=2",
                 f"--process-id={pid}",
+                program=program or ("scripts/train.py",),
             ),
             cwd=ROOT,
             stdout=subprocess.PIPE,
@@ -113,6 +117,80 @@ def test_a_signal_to_one_process_stops_all_at_the_same_step(tiny_overrides, tmp_
         assert process.returncode == 0, stderr
     stop_step = read_metrics(tmp_path)[-1]["step"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [str(stop_step)]
+
+
+# scripts/train.py recording the order in which the host dispatches steps and reads their
+# finiteness and stop votes, and any process_allgather (the old per-step stop agreement)
+TRACE = """
+import json, sys
+from jax.experimental import multihost_utils
+import mta.train.loop as loop
+from mta.cli.train import main
+from mta.train.stopping import StepChecks
+
+events = []
+make_step, check = loop.make_train_step, StepChecks._check
+allgather = multihost_utils.process_allgather
+
+def traced_make_step(*args, **kwargs):
+    step_fn = make_step(*args, **kwargs)
+    def dispatch(*inputs):
+        out = step_fn(*inputs)
+        events.append(["dispatch"])
+        return out
+    return dispatch
+
+def traced_check(self, step, params, metrics):
+    events.append(["read", step])
+    return check(self, step, params, metrics)
+
+def traced_allgather(*args, **kwargs):
+    events.append(["allgather"])
+    return allgather(*args, **kwargs)
+
+loop.make_train_step = traced_make_step
+StepChecks._check = traced_check
+multihost_utils.process_allgather = traced_allgather
+code = main(sys.argv[1:])
+print("EVENTS " + json.dumps(events))
+sys.exit(code)
+"""
+
+
+def test_two_processes_dispatch_each_step_before_reading_the_one_before(tiny_overrides, tmp_path):
+    run = [*tiny_overrides, "log.every=1000", "checkpoint.every=1000"]
+    processes = launch_two_processes(tmp_path, run, "train.steps=6", program=["-c", TRACE])
+    outputs = [p.communicate(timeout=600) for p in processes]
+    for process, (stdout, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr
+        events = json.loads(stdout.split("EVENTS ")[1])
+        dispatched, reads = 0, []  # (step read, steps dispatched by then)
+        for event in events:
+            if event[0] == "dispatch":
+                dispatched += 1
+            elif event[0] == "read":
+                reads.append((event[1], dispatched))
+            elif dispatched:  # setup and the final save may use one, the steps not
+                assert reads and reads[-1][0] == 6, f"a host collective in the loop: {events}"
+        assert [step for step, _ in reads] == [1, 2, 3, 4, 5, 6], events
+        # step k was read only once step k+1 was on its way; the last one at the end
+        assert [by for _, by in reads] == [2, 3, 4, 5, 6, 6], events
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["6"]
+
+
+def test_a_nan_stops_both_processes_at_the_same_step_unsaved(tiny_overrides, tmp_path):
+    # lr 0 at step 1, then 1e29, ...: the first steps are finite, a later one is not
+    exploding = [*tiny_overrides, "train.lr=1e30", "train.warmup_steps=10", "checkpoint.every=2"]
+    processes = launch_two_processes(tmp_path, exploding, "log.every=100", "train.steps=12")
+    outputs, bad_steps = [p.communicate(timeout=600) for p in processes], set()
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 3, stderr
+        line = stderr.strip().splitlines()[-1]
+        bad_steps.add(int(line.split("at step ")[1].split(";")[0]))
+    (bad_step,) = bad_steps  # the same on both
+    assert bad_step > 2
+    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved == list(range(2, bad_step, 2))
 
 
 def wait_for_records(workdir, processes, count, timeout=300):
