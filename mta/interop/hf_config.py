@@ -152,7 +152,10 @@ def hf_config(model, head_dim: int, tok, llama: bool) -> dict:
         "hidden_act": "silu",
         "rms_norm_eps": model.norm_eps,
         "rope_theta": model.rope_theta,
-        "rope_parameters": rope_parameters,
+        "rope_parameters": rope_parameters,  # transformers 5; rope_scaling for 4.x
+        "rope_scaling": None
+        if scaling.kind == "none"
+        else {k: v for k, v in rope_parameters.items() if k != "rope_theta"},
         "tie_word_embeddings": model.tie_embeddings,
         "attention_bias": False,
         "mlp_bias": False,
