@@ -188,7 +188,7 @@ def _nest(flat: dict) -> dict:
     return tree
 
 
-def import_hf(hf_dir, config_path, workdir, overrides=(), log=sys.stderr) -> dict:
+def import_hf(hf_dir, config_path, workdir, overrides=()) -> dict:
     """Imports the checkpoint in `hf_dir` into `workdir` (which must hold no checkpoints) under
     the config `config_path` (+ dotted overrides). Returns a summary {workdir, params, read,
     initialised, warnings}. ConfigError (HFConfigError) for anything it cannot import."""
@@ -229,7 +229,7 @@ def import_hf(hf_dir, config_path, workdir, overrides=(), log=sys.stderr) -> dic
     (workdir / "config.yaml").write_text(to_yaml(cfg))
     record.write(workdir, tok)
     for line in warnings:
-        print(f"warning: {line}", file=log)
+        print(f"warning: {line}", file=sys.stderr)
     return {
         "workdir": str(workdir),
         "step": 0,
