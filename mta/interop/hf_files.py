@@ -106,15 +106,12 @@ def open_checkpoint(directory: str | Path) -> Checkpoint:
     files = _shard_files(directory)
     shapes, dtypes = {}, {}
     for path in sorted(set(files.values())):
-        more_shapes, more_dtypes = _header(path)
-        shapes.update(more_shapes)
-        dtypes.update(more_dtypes)
-    for name, path in files.items():
-        if name not in shapes:
-            raise HFConfigError(f"{INDEX} puts {name} in {path.name}, which does not hold it")
+        held, held_dtypes = _header(path)
+        for name in (n for n, p in files.items() if p == path):
+            if name not in held:
+                raise HFConfigError(f"{INDEX} puts {name} in {path.name}, which does not hold it")
+            shapes[name], dtypes[name] = held[name], held_dtypes[name]
     tokenizer = directory / "tokenizer.json"
     if not tokenizer.is_file():
         raise HFConfigError(f"{directory}: no tokenizer.json (the checkpoint's token ids need it)")
-    return Checkpoint(
-        config, files, {n: shapes[n] for n in files}, {n: dtypes[n] for n in files}, tokenizer
-    )
+    return Checkpoint(config, files, shapes, dtypes, tokenizer)

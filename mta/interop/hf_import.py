@@ -79,17 +79,23 @@ def configure(hf: dict, config_path, overrides, tokenizer_path: Path) -> Config:
     """The run config: `config_path` + overrides, with the model keys of config.json and the
     checkpoint's tokenizer; ConfigError naming a model key the config sets otherwise."""
     values = model_overrides(hf)
-    given = load_config(config_path, list(overrides))
-    for key in sorted(_explicit_model_keys(config_path, overrides) & set(values)):
+    explicit = _explicit_model_keys(config_path, overrides) & set(values)
+    given = load_config(config_path, [*overrides, *_dotted(values, set(values) - explicit)])
+    for key in sorted(explicit):
         if _value(given, key) != values[key]:
             raise ConfigError(
                 f"{key}: the config sets {_value(given, key)!r} but the checkpoint's config.json "
                 f"has {values[key]!r}; leave the model's shape keys to config.json"
             )
     tokenizer = ["data.tokenizer.kind=huggingface", f"data.tokenizer.path={tokenizer_path}"]
-    model = [f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}"
-             for key, value in values.items()]  # fmt: skip
-    return load_config(config_path, [*overrides, *model, *tokenizer])
+    return load_config(config_path, [*overrides, *_dotted(values, set(values)), *tokenizer])
+
+
+def _dotted(values: dict, keys: set) -> list[str]:
+    """`key=value` overrides of `values` at `keys`."""
+    return [
+        f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in values.items() if k in keys
+    ]
 
 
 def _plan(ckpt: Checkpoint, abstract: dict, tied: bool):
@@ -141,9 +147,10 @@ def _check_init(cfg: Config, init: list) -> list[str]:
         elif path[-1] not in AT_IDENTITY and path[-1] != "gate_b":
             where = ".".join(map(str, path))
             raise ConfigError(
-                f"{where}: this config adds a parameter with no identity init (attention kind "
-                f"{a.kind}, qk_norm, output_gate or canon), so the imported model would not "
-                "compute the checkpoint's function; import into kind softmax (baseline or MTA)"
+                f"{where}: this config adds a parameter with no identity init (from "
+                "model.attention.kind, qk_norm, output_gate or model.canon), so the imported "
+                "model would not compute the checkpoint's function; import into kind softmax "
+                "(baseline or MTA)"
             )
     if a.group_norm == "depth_scaling":
         changes.add("depth scaling (each head's output times 1 - lambda_init(layer))")
