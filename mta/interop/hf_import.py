@@ -80,14 +80,15 @@ def configure(hf: dict, config_path, overrides, tokenizer_path: Path) -> Config:
     checkpoint's tokenizer; ConfigError naming a model key the config sets otherwise."""
     values = model_overrides(hf)
     explicit = _explicit_model_keys(config_path, overrides) & set(values)
-    given = load_config(config_path, [*overrides, *_dotted(values, set(values) - explicit)])
+    tokenizer = ["data.tokenizer.kind=huggingface", f"data.tokenizer.path={tokenizer_path}"]
+    implicit = _dotted(values, set(values) - explicit)
+    given = load_config(config_path, [*overrides, *implicit, *tokenizer])
     for key in sorted(explicit):
         if _value(given, key) != values[key]:
             raise ConfigError(
                 f"{key}: the config sets {_value(given, key)!r} but the checkpoint's config.json "
                 f"has {values[key]!r}; leave the model's shape keys to config.json"
             )
-    tokenizer = ["data.tokenizer.kind=huggingface", f"data.tokenizer.path={tokenizer_path}"]
     return load_config(config_path, [*overrides, *_dotted(values, set(values)), *tokenizer])
 
 

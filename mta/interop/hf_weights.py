@@ -87,4 +87,4 @@ def to_hf(param: np.ndarray, layout: str) -> np.ndarray:
         return np.ascontiguousarray(param.reshape(a * b, e).T)
     if layout == "transpose":
         return np.ascontiguousarray(param.T)
-    return np.ascontiguousarray(param)
+    return np.array(param, order="C")  # (ascontiguousarray would make a scalar [1])
