@@ -6,6 +6,7 @@
     data.py       corpus ingestion tokens/s and peak RSS; input pipeline vs training tokens/s
     soak.py       a long toy run with a SIGTERM and resume: RSS, open files, checkpoints, metrics
     accelerator.py  all of it on the backend at hand (GPU/TPU), loop overhead included
+    hf_import.py  importing a sharded Hugging Face checkpoint: seconds and peak RSS
     harness.py    configs, machine info, JSON-lines records, timing, matmul probe, memory,
                   fresh subprocesses per configuration (their side: child.py)
     markdown.py   a run's section of docs/benchmarks.md
@@ -15,7 +16,7 @@ per measurement through a harness.Recorder. `mta bench NAME` (mta/cli/bench.py) 
 the numbers live in docs/benchmarks.md with their command and machine, not here.
 """
 
-from mta.bench import accelerator, attention, data, decode, soak, train
+from mta.bench import accelerator, attention, data, decode, hf_import, soak, train
 
 BENCHMARKS = {
     "attention": attention,
@@ -24,4 +25,5 @@ BENCHMARKS = {
     "data": data,
     "soak": soak,
     "accelerator": accelerator,
+    "import": hf_import,
 }

@@ -7,6 +7,7 @@
     mta bench soak --steps 20000
     mta bench accelerator --out docs/bench_results.jsonl --markdown docs/benchmarks.md
     mta bench decode --out docs/bench_results.jsonl --markdown docs/benchmarks.md
+    mta bench import --size 1B
 
 (`python scripts/bench.py ...` in a checkout is the same command.)
 
@@ -26,7 +27,7 @@ import os
 import shlex
 import sys
 
-from mta.bench import BENCHMARKS, accelerator, attention, decode, soak, train
+from mta.bench import BENCHMARKS, accelerator, attention, decode, hf_import, soak, train
 from mta.bench.harness import Recorder, UserError, load_cfg
 from mta.bench.markdown import newest_run, write_markdown
 from mta.cli.args import (
@@ -78,7 +79,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     """The CLI: one subparser per benchmark."""
     parser = command_parser(__doc__, prog)
     sub = parser.add_subparsers(
-        dest="bench", required=True, metavar="{attention,train,decode,data,soak,accelerator}"
+        dest="bench", required=True, metavar="{attention,train,decode,data,soak,accelerator,import}"
     )
 
     att = _subparser(sub, "attention", "forward+backward time and peak memory vs T")
@@ -157,6 +158,14 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     acc = _subparser(sub, "accelerator", "everything on the backend at hand, with targets")
     accelerator.add_options(acc)
     _common(acc)
+    imp = _subparser(sub, "import", "import-hf of a random sharded Llama: seconds and peak RSS")
+    imp.add_argument(
+        "--size", choices=sorted(hf_import.SIZES), default="1B",
+        help="1B: Llama-3.2-1B's shapes (4.9 GB); small (0.5 GB); tiny: a smoke run",
+    )  # fmt: skip
+    imp.add_argument("--dir", help="where to write the checkpoint (default: the temp directory)")
+    _subprocess_options(imp, timeout=3600)
+    _common(imp)
     return parser
 
 

@@ -16,6 +16,7 @@ project (`mta export-hf`) brings those parameters along and they are read instea
 """
 
 import json
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -196,6 +197,34 @@ def _nest(flat: dict) -> dict:
     return tree
 
 
+def _save(workdir: Path, state: dict) -> None:
+    """Writes `state` (numpy leaves) as checkpoint 0 of WORKDIR/checkpoints, adding little
+    memory: orbax's defaults deep-copy numpy arrays and buffer a whole OCDBT transaction (about
+    2x the model together); here neither, with 256 MB in flight. Training reads this format and
+    writes its own checkpoints in the default one."""
+    th = ocp.type_handlers
+    registry = th.create_type_handler_registry(
+        (np.number, th.ScalarHandler()),
+        (np.ndarray, th.NumpyHandler(deepcopy_host_arrays=False)),
+    )
+    handler = ocp.PyTreeCheckpointHandler(
+        type_handler_registry=registry, save_concurrent_gb=0.25, use_ocdbt=False
+    )
+    options = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True)
+    manager = ocp.CheckpointManager(
+        workdir.absolute() / "checkpoints", options=options, item_handlers={"state": handler}
+    )
+    absl_logger = logging.getLogger("absl")  # a warning that no OCDBT files exist to merge
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        manager.save(0, args=ocp.args.Composite(state=ocp.args.PyTreeSave(state)))
+        manager.wait_until_finished()
+    finally:
+        absl_logger.setLevel(level)
+        manager.close()
+
+
 def import_hf(hf_dir, config_path, workdir, overrides=()) -> dict:
     """Imports the checkpoint in `hf_dir` into `workdir` (which must hold no checkpoints) under
     the config `config_path` (+ dotted overrides). Returns a summary {workdir, params, read,
@@ -203,7 +232,6 @@ def import_hf(hf_dir, config_path, workdir, overrides=()) -> dict:
     from mta.cli.train import check
     from mta.data import pipeline
     from mta.data.tokenizers import record
-    from mta.train.checkpoint import make_manager
     from mta.train.state import abstract_model
 
     workdir = Path(workdir)
@@ -223,17 +251,13 @@ def import_hf(hf_dir, config_path, workdir, overrides=()) -> dict:
     cfg.data.tokenizer.path = str(tokenizer_copy)
     tok = pipeline.configured_tokenizer(cfg)
 
-    flat = dict(_initial(cfg, init))
+    flat = {path: np.asarray(value) for path, value in _initial(cfg, init).items()}
     by_name = {name: (path, layout, shape) for path, (name, layout, shape) in read.items()}
     for name, tensor in ckpt.tensors(by_name):
         path, layout, shape = by_name[name]
         flat[path] = hf_weights.to_ours(tensor.astype(np.float32, copy=False), shape, layout)
         del tensor
-    state = {"params": _nest(flat), "step": np.int32(0), "skipped": np.int32(0)}
-    manager = make_manager(workdir, cfg.checkpoint)
-    manager.save(0, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
-    manager.wait_until_finished()
-    manager.close()
+    _save(workdir, {"params": _nest(flat), "step": np.int32(0), "skipped": np.int32(0)})
     (workdir / "config.yaml").write_text(to_yaml(cfg))
     record.write(workdir, tok)
     for line in warnings:

@@ -67,13 +67,16 @@ def hf_shape(shape: tuple, layout: str) -> tuple:
 
 
 def to_ours(tensor: np.ndarray, shape: tuple, layout: str) -> np.ndarray:
-    """A Hugging Face tensor -> this model's layout of `shape` (a new C-contiguous array)."""
+    """A Hugging Face tensor -> this model's layout of `shape`, C-contiguous (a new array,
+    or `tensor` itself where the layout is the same and it is a writable array of its own)."""
     if layout == "in_heads":
         return np.ascontiguousarray(tensor.reshape(shape[1], shape[2], shape[0]).transpose(2, 0, 1))
     if layout == "heads_out":
         return np.ascontiguousarray(tensor.T).reshape(shape)
     if layout == "transpose":
         return np.ascontiguousarray(tensor.T)
+    if tensor.flags.writeable and tensor.flags.c_contiguous:  # already the reader's own copy
+        return tensor
     return np.array(tensor, copy=True)
 
 
