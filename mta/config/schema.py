@@ -66,7 +66,7 @@ class AttentionConfig:
 
 @dataclass
 class RopeScalingConfig:
-    """RoPE frequency scaling, as pretrained Llama models use it (Hugging Face's rope_scaling)."""
+    """The rope_scaling types linear and llama3 of Hugging Face checkpoints."""
 
     # none | linear (every frequency / factor) | llama3 (Llama 3.1's: wavelengths beyond
     # original_max_position / low_freq_factor divided by factor, those below

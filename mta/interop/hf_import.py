@@ -229,7 +229,6 @@ def import_hf(hf_dir, config_path, workdir, overrides=()) -> dict:
     """Imports the checkpoint in `hf_dir` into `workdir` (which must hold no checkpoints) under
     the config `config_path` (+ dotted overrides). Returns a summary {workdir, params, read,
     initialised, warnings}. ConfigError (HFConfigError) for anything it cannot import."""
-    from mta.cli.train import check
     from mta.data import pipeline
     from mta.data.tokenizers import record
     from mta.train.state import abstract_model
@@ -240,7 +239,7 @@ def import_hf(hf_dir, config_path, workdir, overrides=()) -> dict:
     ckpt = open_checkpoint(hf_dir)
     tokenizer_copy = workdir.absolute() / "hf" / "tokenizer.json"
     cfg = configure(ckpt.config, config_path, overrides, ckpt.tokenizer)
-    check(cfg)  # the tokenizer fits the vocabulary, the batch and mesh fit the devices
+    pipeline.configured_tokenizer(cfg)  # the checkpoint's tokenizer fits its vocabulary
     abstract = abstract_model(cfg)[1].to_pure_dict()
     read, init = _plan(ckpt, abstract, cfg.model.tie_embeddings)
     warnings = _check_init(cfg, init)
