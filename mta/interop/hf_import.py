@@ -51,10 +51,12 @@ def _explicit_model_keys(config_path, overrides) -> set[str]:
             else:
                 keys.add(f"{prefix}{key}")
 
-    if config_path is not None:
-        raw = yaml.safe_load(Path(config_path).read_text()) or {}
-        if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
-            walk(raw["model"], "model.")
+    try:
+        raw = yaml.safe_load(Path(config_path).read_text()) if config_path else {}
+    except (OSError, yaml.YAMLError):
+        raw = {}  # load_config reports it
+    if isinstance(raw, dict) and isinstance(raw.get("model"), dict):
+        walk(raw["model"], "model.")
     for item in overrides:
         key = item.partition("=")[0]
         keys.update({key} if key.startswith("model.") else set())

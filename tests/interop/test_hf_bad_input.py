@@ -178,6 +178,14 @@ def test_configs_that_do_not_fit(case, tmp_path, data_dir, capsys):
     assert expected in line, line
 
 
+def test_bad_config_files(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("model: [")
+    for config, expected in ((tmp_path / "none.yaml", "config file not found"),
+                             (tmp_path / "bad.yaml", "not valid YAML")):  # fmt: skip
+        line = _import(capsys, FIXTURES / "mqa", tmp_path / "w", str(config), [])
+        assert expected in line, line
+
+
 def test_workdir_with_checkpoints_is_refused(tmp_path, data_dir, capsys):
     config, overrides = run_config(tmp_path, data_dir)
     argv = ["--hf-dir", str(FIXTURES / "mqa"), "--config", config, "--workdir", str(tmp_path / "w")]
