@@ -92,14 +92,16 @@ def test_invalid_sweeps_raise_one_line(sweep, message):
 
 @pytest.mark.parametrize(
     "name, runs, steps",
-    [("pre_vs_post", 12, 3000), ("components", 12, 1000), ("paper_table1", 36, 100_000),
-     ("table1_cpu", 18, 2000)],
+    [("pre_vs_post", 12, 3000), ("components", 18, 400), ("variants_lm", 14, 1000), ("cpu_lm", 1, 1000),
+     ("paper_table1", 36, 100_000), ("table1_cpu", 18, 2000)],
 )  # fmt: skip
 def test_shipped_sweeps_validate(name, runs, steps, tmp_path):
     sweep = load_sweep(ROOT / "configs" / "sweeps" / f"{name}.yaml")
     planned = plan(sweep, tmp_path, "scripts/train.py")
     assert len(planned) == runs and {r.cfg.train.steps for r in planned} == {steps}
     assert {status(r) for r in planned} == {"new"}
+    seeds = [r.seed for r in planned]
+    assert seeds == sorted(seeds)  # seed by seed: a sweep stopped early has every variant once
     if name == "table1_cpu":
         mta = [r.cfg for r in planned if r.variant.name.startswith("mta")]
         assert all(

@@ -141,6 +141,15 @@ def test_import_tiny(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # the scratch is removed
 
 
+def test_harness_tiny(tmp_path):
+    pytest.importorskip("lm_eval")
+    records = run_ok(tmp_path, "harness", "--tiny")
+    assert [r["request"] for r in records] == ["loglikelihood", "generate_until"]
+    for record in records:
+        assert record["requests"] == 6 and record["requests_per_s"] > 0, record
+    assert "| generate_until | 6 | 4 |" in (tmp_path / "bench.md").read_text()
+
+
 def test_markdown_section_is_rewritten_in_place(tmp_path):
     machine = {"cpu": "cpu", "cores": 2, "memory_gb": 1, "jax": "x", "backend": "cpu",
                "devices": 1, "load_avg_1m": 0.0, "date": "today"}  # fmt: skip
@@ -168,6 +177,8 @@ def test_markdown_section_is_rewritten_in_place(tmp_path):
         ["data", "--batches", "x"],
         ["accelerator", "--parts", "nope"],
         ["import", "--size", "70B"],
+        ["harness", "--requests", "0"],
+        ["harness", "--workdir", "/nonexistent/run"],
         ["frobnicate"],
     ],
 )

@@ -101,7 +101,9 @@ def plan(
     check: Callable[[str, list[str]], Config] = load_checked,
 ) -> list[Run]:
     """Every (variant, seed) run, its config validated with `check`; SweepError on any error.
-    Each run's command is `python -m mta.cli.train ...`, or `python TRAIN_SCRIPT ...`."""
+    Each run's command is `python -m mta.cli.train ...`, or `python TRAIN_SCRIPT ...`. Runs are
+    ordered seed by seed (every variant at the first seed, then at the next), so a sweep stopped
+    early has compared every variant at least once."""
     launcher = (python, "-m", TRAIN_MODULE) if train_script is None else (python, str(train_script))
     runs = []
     for variant in sweep.variants:
@@ -118,6 +120,7 @@ def plan(
             runs.append(
                 Run(variant, seed, workdir, (*command, *base, f"train.seed={seed}"), seeded)
             )
+    runs.sort(key=lambda run: sweep.seeds.index(run.seed))  # stable: variant order within a seed
     for run in runs:
         check_existing(run)
     return runs

@@ -48,11 +48,12 @@ def rows_mask(query_pos_C, num_keys: int, offset: int, seg_BC=None, key_seg_BS=N
 
 def use_chunks(impl: str, q_shape, k_shape) -> bool:
     """Whether `impl` (mta.attention.IMPLS) means the chunked path for a variant that has no
-    separate reference and dense forms: blockwise does, auto when mta's choose_impl would
-    pick blockwise (the dense maps would not fit), reference and dense do not."""
+    separate reference and dense forms: blockwise and pallas (the O(T) paths) do, auto when
+    mta's choose_impl would pick blockwise (the dense maps would not fit), reference and dense
+    do not."""
     if impl == "auto":
         from mta.attention.kernels import KernelSpec
         from mta.attention.mta import choose_impl
 
         impl = choose_impl(KernelSpec.of(q_shape[2]), q_shape, k_shape)
-    return impl == "blockwise"
+    return impl in ("blockwise", "pallas")

@@ -3,8 +3,11 @@
     impl="reference"  reference.py: the paper's equations in order, plain jnp and autodiff
     impl="dense"      dense.py: the same maps, computed in the order measured fastest on XLA:CPU
     impl="blockwise"  blockwise.py: O(T) memory, forward and backward, tiles of 128 x 128
+    impl="pallas"     pallas_mta.py: the same algorithm as Pallas kernels for GPU / TPU (interpret
+                      mode on CPU); combinations it does not cover fall back to blockwise
     impl="auto"       dense on CPU, reference elsewhere, blockwise when one layer's dense maps
-                      would take more than DENSE_MEMORY_FRACTION of the device's memory
+                      would take more than DENSE_MEMORY_FRACTION of the device's memory;
+                      never pallas (ask for it by name)
 
 Every implementation is tested equal to the reference (forward and gradients).
 """
@@ -18,9 +21,10 @@ from mta.attention.blockwise import multi_token_attention_blockwise
 from mta.attention.core import tuned_vjp
 from mta.attention.dense import multi_token_attention_dense
 from mta.attention.kernels import KernelSpec
+from mta.attention.pallas_mta import multi_token_attention_pallas
 from mta.attention.reference import multi_token_attention_reference
 
-IMPLS = ("reference", "dense", "blockwise", "auto")
+IMPLS = ("reference", "dense", "blockwise", "pallas", "auto")
 DENSE_MEMORY_FRACTION = 1 / 8
 BATCH_AXES = ("data", "fsdp")
 
@@ -62,6 +66,10 @@ def multi_token_attention(
         return multi_token_attention_dense(
             q, k, v, **kernels, segment_ids=segment_ids, tuned=tuned_vjp(tuned)
         )
+    if impl == "pallas":
+        return multi_token_attention_pallas(
+            q, k, v, **kernels, segment_ids=segment_ids, tuned=tuned_vjp(tuned)
+        )
     return multi_token_attention_blockwise(
         q, k, v, **kernels, segment_ids=segment_ids, tuned=tuned_vjp(tuned)
     )
@@ -81,9 +89,11 @@ def choose_impl(spec: KernelSpec, q_shape, k_shape, backend: str | None = None) 
 
 def dense_map_bytes(spec: KernelSpec, batch: int, heads: int, queries: int, keys: int) -> int:
     """float32 [B, H, T, S] maps one dense MTA layer keeps for its backward: logits and weights,
-    plus one per convolution or mixing (two for the post conv: its input and output)."""
-    maps = 2 + spec.pre_conv + (spec.head_pre != "none") + 2 * spec.kq_post
-    maps += spec.head_post != "none"
+    2 * c_q per key-query convolution (the c_q row-shifted maps it sums and their gradients),
+    one for linear/grouped pre mixing, two for post mixing. Counted from XLA:CPU's analysis of
+    the compiled train step (mta/train/memory.py; docs/scaling.md)."""
+    maps = 2 + 2 * spec.pre_taps[0] * spec.kq_pre + 2 * spec.post_taps[0] * spec.kq_post
+    maps += (spec.head_pre != "none") + 2 * (spec.head_post != "none")
     return 4 * batch * heads * queries * keys * maps
 
 

@@ -7,6 +7,7 @@
     soak.py       a long toy run with a SIGTERM and resume: RSS, open files, checkpoints, metrics
     accelerator.py  all of it on the backend at hand (GPU/TPU), loop overhead included
     hf_import.py  importing a sharded Hugging Face checkpoint: seconds and peak RSS
+    lm_harness.py requests/s of the lm-eval model (loglikelihood, generate_until)
     harness.py    configs, machine info, JSON-lines records, timing, matmul probe, memory,
                   fresh subprocesses per configuration (their side: child.py)
     markdown.py   a run's section of docs/benchmarks.md
@@ -16,7 +17,7 @@ per measurement through a harness.Recorder. `mta bench NAME` (mta/cli/bench.py) 
 the numbers live in docs/benchmarks.md with their command and machine, not here.
 """
 
-from mta.bench import accelerator, attention, data, decode, hf_import, soak, train
+from mta.bench import accelerator, attention, data, decode, hf_import, lm_harness, soak, train
 
 BENCHMARKS = {
     "attention": attention,
@@ -26,4 +27,5 @@ BENCHMARKS = {
     "soak": soak,
     "accelerator": accelerator,
     "import": hf_import,
+    "harness": lm_harness,
 }

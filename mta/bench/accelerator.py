@@ -64,6 +64,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--parts", nargs="+", choices=tuple(PARTS), default=list(PARTS), metavar="PART",
         help=f"some of {', '.join(PARTS)} (default: all)",
     )  # fmt: skip
+    parser.add_argument(
+        "--impls", nargs="+", choices=("dense", "blockwise", "pallas"),
+        default=["dense", "blockwise"], metavar="IMPL",
+        help="MTA impls of the attention part (default: dense blockwise)",
+    )  # fmt: skip
     parser.add_argument("--train-batch", type=positive_int, default=8, help="LMs' batch size")
     parser.add_argument("--steps", type=positive_int, default=5, help="timed train steps")
     parser.add_argument("--loop-steps", type=positive_int, default=50, help="timed loop steps")
@@ -98,7 +103,7 @@ def _attention(args, rec) -> None:
     sizes = {"heads": 2, "head_dim": 8} if args.tiny else {"heads": 16, "head_dim": 64}
     sub = argparse.Namespace(
         T=args.T or ([16, 32] if args.tiny else [2048, 8192, 32768]),
-        variants=variants, impls=["dense", "blockwise"], batch=1, repeats=2 if args.tiny else 5,
+        variants=variants, impls=args.impls, batch=1, repeats=2 if args.tiny else 5,
         warmup=1, timeout=args.timeout, max_memory_gb=_device_memory_gb(), **sizes,
     )  # fmt: skip
     attention.run(sub, _Summarised(rec, _attention_summary))

@@ -5,8 +5,9 @@ Variants: jax_dpa = jax.nn.dot_product_attention (is_causal=True), the reference
 baseline = causal_attention; mta_pre = kq conv 6x11 before the softmax; mta_full = the release
 setting (kq conv 6x11 pre and post, linear pre mixing, grouped post mixing over all heads, gated
 group norm); talking_heads = grouped pre and post mixing over all heads; diff =
-differential_attention with H/2 heads. Impls: dense, blockwise
-(multi_token_attention(impl='blockwise'); 'unavailable' if it raises; not for jax_dpa or diff).
+differential_attention with H/2 heads. Impls: dense, blockwise, pallas
+(multi_token_attention(impl=...); the O(T) ones 'unavailable' if they raise; not for jax_dpa or
+diff).
 A row stops at its first oom/timeout/error.
 """
 
@@ -28,6 +29,7 @@ VARIANTS = ("jax_dpa", "baseline", "mta_pre", "mta_full", "talking_heads", "diff
 REFERENCE = "jax_dpa"  # jax.nn.dot_product_attention: the yardstick of every ratio
 CUDNN = "jax_dpa_cudnn"  # its cuDNN kernel in bfloat16, run by `bench accelerator` on a GPU
 BLOCKWISE_VARIANTS = ("baseline", "mta_pre", "mta_full", "talking_heads")
+LINEAR_IMPLS = ("blockwise", "pallas")  # O(T) memory: never skipped as too big, MTA variants only
 RELEASE_CONV = (6, 11)  # c_q x c_k of the release's pre and post key-query convolutions
 # Rough number of float32 [B, H, T, T] maps alive at once in a dense implementation (forward +
 # backward): a lower bound used only to skip configurations that cannot fit.
@@ -203,11 +205,11 @@ def run(args, rec: Recorder) -> None:
         for variant in args.variants
         if variant != REFERENCE
         for impl in (["cudnn"] if variant == CUDNN else args.impls)
-        if impl != "blockwise" or variant in BLOCKWISE_VARIANTS
+        if impl not in LINEAR_IMPLS or variant in BLOCKWISE_VARIANTS
     ]
     stopped = set()
     for variant, impl in rows:
-        reason = attention_available(variant, impl, args.heads) if impl == "blockwise" else None
+        reason = attention_available(variant, impl, args.heads) if impl in LINEAR_IMPLS else None
         if reason:
             rec.emit(
                 {
@@ -245,7 +247,7 @@ def run(args, rec: Recorder) -> None:
 
 def _attention_result(item: dict, timeout: float, max_bytes: int) -> dict:
     """One configuration in a fresh subprocess, unless its dense maps cannot fit at all."""
-    if item["impl"] != "blockwise":
+    if item["impl"] not in LINEAR_IMPLS:
         live_maps = LIVE_MAPS[item["variant"]]
         too_big = dense_too_big(live_maps, item["B"], item["H"], item["T"], max_bytes)
         if too_big:

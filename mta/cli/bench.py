@@ -8,6 +8,7 @@
     mta bench accelerator --out docs/bench_results.jsonl --markdown docs/benchmarks.md
     mta bench decode --out docs/bench_results.jsonl --markdown docs/benchmarks.md
     mta bench import --size 1B
+    mta bench harness --config configs/lm/small_mta.yaml --requests 64 --batch-size 8
 
 (`python scripts/bench.py ...` in a checkout is the same command.)
 
@@ -27,7 +28,7 @@ import os
 import shlex
 import sys
 
-from mta.bench import BENCHMARKS, accelerator, attention, decode, hf_import, soak, train
+from mta.bench import BENCHMARKS, accelerator, attention, decode, hf_import, lm_harness, soak, train
 from mta.bench.harness import Recorder, UserError, load_cfg
 from mta.bench.markdown import newest_run, write_markdown
 from mta.cli.args import (
@@ -79,7 +80,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     """The CLI: one subparser per benchmark."""
     parser = command_parser(__doc__, prog)
     sub = parser.add_subparsers(
-        dest="bench", required=True, metavar="{attention,train,decode,data,soak,accelerator,import}"
+        dest="bench", required=True, metavar="{" + ",".join(BENCHMARKS) + "}"
     )
 
     att = _subparser(sub, "attention", "forward+backward time and peak memory vs T")
@@ -92,9 +93,9 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
         metavar="VARIANT", help=f"some of {', '.join(attention.VARIANTS)} (default: all)",
     )  # fmt: skip
     att.add_argument(
-        "--impls", nargs="+", choices=("reference", "dense", "blockwise"),
+        "--impls", nargs="+", choices=("reference", "dense", "blockwise", "pallas"),
         default=["dense", "blockwise"], metavar="IMPL",
-        help="reference, dense and/or blockwise (default: dense blockwise)",
+        help="reference, dense, blockwise and/or pallas (default: dense blockwise)",
     )  # fmt: skip
     _shape_options(att)
     att.add_argument("--repeats", type=positive_int, default=5, help="timed calls (median)")
@@ -166,6 +167,9 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     imp.add_argument("--dir", help="where to write the checkpoint (default: the temp directory)")
     _subprocess_options(imp, timeout=3600)
     _common(imp)
+    har = _subparser(sub, "harness", "requests/s of the lm-eval model on a small LM")
+    lm_harness.add_options(har)
+    _common(har)
     return parser
 
 
@@ -177,7 +181,7 @@ def check_args(args) -> None:
     if args.bench == "train":
         for path in args.config or train.DEFAULT_CONFIGS:
             load_cfg(path, args.overrides)
-    if args.bench in ("data", "soak"):
+    if args.bench in ("data", "soak") or (args.bench == "harness" and not args.workdir):
         load_cfg(args.config, args.overrides)
     if args.bench == "decode" and args.model_config:
         load_cfg(args.model_config, args.model_overrides)

@@ -30,7 +30,13 @@ def parse_args(argv, prog=None):
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="validate, build the model abstractly and print a JSON summary",
+        help="validate, build the model abstractly, compile the train step (nothing is "
+        "allocated) and print a JSON summary with XLA's memory analysis per device",
+    )
+    parser.add_argument(
+        "--no-compile",
+        action="store_true",
+        help="with --dry-run: skip compiling; memory is then modelled (mta/train/memory.py)",
     )
     parser.add_argument(
         "--profile-steps",
@@ -129,18 +135,24 @@ def check(cfg):
     return cfg
 
 
-def dry_run(cfg) -> dict:
+def dry_run(cfg, compile_step: bool = True) -> dict:
+    import jax
+
     from mta.data import pipeline
+    from mta.train.memory import modelled_memory, xla_memory
     from mta.train.mesh import make_mesh
     from mta.train.state import TrainSetup
     from mta.train.summary import summary
 
     setup = TrainSetup(cfg, make_mesh(cfg.mesh))
     seq_len = pipeline.sequence_length(cfg.data)
-    tok = pipeline.configured_tokenizer(cfg).record()
-    return summary(cfg, setup.abstract_state(), seq_len, setup.shardings["params"]) | {
-        "tokenizer": tok
-    }
+    abstract = setup.abstract_state()
+    modelled = modelled_memory(cfg, abstract, seq_len, jax.device_count())
+    memory = (xla_memory(setup, seq_len) if compile_step else None) or modelled
+    result = summary(cfg, abstract, seq_len, setup.shardings["params"], memory)
+    if memory is not modelled:
+        result["memory_modelled_gb"] = round(modelled["total"] / 2**30, 3)
+    return result | {"tokenizer": pipeline.configured_tokenizer(cfg).record()}
 
 
 def run(args, cfg) -> int:
@@ -211,7 +223,7 @@ def main(argv=None, prog=None) -> int:
         init_distributed(args, cfg.train.peer_timeout)
         cfg = check(cfg)
         if args.dry_run:
-            print(json.dumps(dry_run(cfg), indent=1))
+            print(json.dumps(dry_run(cfg, not args.no_compile), indent=1))
             return 0
         return run(args, cfg)
     except ConfigError as err:

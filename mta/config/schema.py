@@ -32,7 +32,8 @@ class AttentionConfig:
     # attention: a per-head forget gate biases the logits) | stick_breaking (no softmax)
     kind: str = "softmax"
     # reference (the paper's equations, plain autodiff) | dense (tuned for XLA:CPU) | blockwise
-    # (O(T) memory) | auto (dense on CPU, reference elsewhere, blockwise when maps are too big)
+    # (O(T) memory) | pallas (Pallas kernels for GPU/TPU, interpret mode on CPU; O(T) memory) |
+    # auto (dense on CPU, reference elsewhere, blockwise when maps are too big; never pallas)
     impl: str = "auto"
     kq_pre: KQConvConfig = field(default_factory=KQConvConfig)  # conv before the softmax
     kq_post: KQConvConfig = field(default_factory=KQConvConfig)  # conv after the softmax
@@ -255,7 +256,7 @@ CHOICES = {
     "model.attention.output_gate": ("none", "elementwise", "headwise"),
     "model.canon": ("none", "A", "C", "AC"),
     "model.rope_scaling.kind": ("none", "linear", "llama3"),
-    "model.attention.impl": ("reference", "dense", "blockwise", "auto"),
+    "model.attention.impl": ("reference", "dense", "blockwise", "pallas", "auto"),
     "model.tuned_vjp": ("auto", "enabled", "disabled"),
     "model.attention.head_pre": ("none", "linear", "grouped", "conv3d"),
     "model.attention.head_post": ("none", "grouped"),

@@ -102,6 +102,7 @@ class Generator:
         max_len: int | None = None,
         use_cache: bool = True,
         bos: bool = True,
+        live: int | None = None,
     ) -> list[Completion]:
         """Generates up to max_new_tokens per prompt; see `generate`."""
         prompt_rows = [_tokens(self.tok, p, bos) for p in prompts]
@@ -131,7 +132,7 @@ class Generator:
             next_B = np.asarray(self._sample(logits_BV, key_step, float(temperature), top_k))
             for row, token in zip(rows, next_B, strict=True):
                 row.add(int(token))
-            if all(row.done for row in rows) or step == max_new_tokens - 1:
+            if all(row.done for row in rows[:live]) or step == max_new_tokens - 1:
                 break
             if use_cache:
                 logits_BV, updates = self._decode(self.state, next_B[:, None], caches)
@@ -153,6 +154,8 @@ def generate(
     matched on the utf-8 of the decoded text; the byte tokenizer: on the raw bytes), the eos_id
     token (default the tokenizer's; None disables), max_new_tokens. max_len (default longest prompt
     + max_new_tokens) is the cache size. use_cache=False recomputes the full forward per token.
+    live: only the first `live` rows decide when generation ends (the rest only fix the batch's
+    shape; their completions are cut wherever the live rows end); default all.
     Returns one Completion per prompt. Build a Generator once to avoid recompiling per call.
     """
     return Generator(model, tok)(prompts, max_new_tokens, **kwargs)

@@ -35,7 +35,8 @@ def _replacing(path: Path):
         partial.unlink(missing_ok=True)
 
 
-def _write_text(path: Path, text: str) -> None:
+def write_text(path: Path, text: str) -> None:
+    """Writes text to a temporary file beside path and renames it into place (atomic)."""
     with _replacing(path) as partial:
         partial.write_text(text)
 
@@ -178,17 +179,17 @@ def write_run(
     (out_dir / "samples").mkdir(parents=True, exist_ok=True)
     results = {**meta, "summary": summary(rows), "results": rows}
     paths = [out_dir / "results.json", out_dir / "results.md"]
-    _write_text(paths[0], json.dumps(_clean(results), indent=1) + "\n")
+    write_text(paths[0], json.dumps(_clean(results), indent=1) + "\n")
     for task, task_samples in samples.items():
         path = out_dir / "samples" / f"{task}.jsonl"
-        _write_text(path, "".join(json.dumps(_clean(s)) + "\n" for s in task_samples))
+        write_text(path, "".join(json.dumps(_clean(s)) + "\n" for s in task_samples))
         paths.append(path)
     label = f"{meta.get('workdir', '')} step {meta.get('step', '')}"
     text = [f"# Evaluation: {label}\n", _meta_lines(meta), "## Summary\n"]
     text.append(markdown_table(["metric", "value"], list(results["summary"].items())))
     for task, task_rows in rows.items():
         text += [f"\n## {task}\n", _task_table(task, task_rows)]
-    _write_text(paths[1], "\n".join(text))
+    write_text(paths[1], "\n".join(text))
     return paths + write_heatmaps(out_dir, rows, label)
 
 
@@ -232,7 +233,7 @@ def write_comparison(out_dir: str | Path, runs: Sequence[dict]) -> list[Path]:
         body = [list(point) + values for point, values in index.items()]
         text += [f"\n## {task}: {PRIMARY[task]}\n", markdown_table([*coords, *labels], body)]
     md, png = out_dir / "comparison.md", out_dir / "comparison.png"
-    _write_text(md, "\n".join(text))
+    write_text(md, "\n".join(text))
     _comparison_plot(png, runs, labels, tasks)
     return [md, png]
 

@@ -1,4 +1,4 @@
-"""The `--dry-run` summary: exact parameter count, attention per layer, mesh, memory estimate."""
+"""The `--dry-run` summary: exact parameter count, attention per layer, mesh, sharding, memory."""
 
 import jax
 import numpy as np
@@ -43,28 +43,6 @@ def _extras(cfg: Config) -> list[str]:
     return extras
 
 
-def memory_estimate_bytes(
-    cfg: Config, abstract_state: dict, seq_len: int, num_devices: int
-) -> dict:
-    """Rough bytes per device: state (params, Adam moments) split over fsdp x tensor, gradients
-    like params, and activations (residual stream and float32 attention maps per layer, kept for
-    the backward pass) split over the batch axes."""
-    data, fsdp, tensor = mesh_shape(cfg.mesh, num_devices)
-    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state))
-    param_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_state["params"]))
-    m, batch = cfg.model, cfg.train.batch_size / (data * fsdp)
-    maps_per_layer = 2 + 2 * (m.attention.kq_pre.enabled + m.attention.kq_post.enabled)
-    act_per_layer = batch * seq_len * (8 * m.dim + 3 * m.mlp_hidden) * 4
-    act_per_layer += batch * m.num_heads / tensor * seq_len * seq_len * 4 * maps_per_layer
-    activations = m.num_layers * act_per_layer + batch * seq_len * m.vocab_size * 4 * 2
-    sharded = (state_bytes + param_bytes) / (fsdp * tensor)
-    return {
-        "state_and_grads": int(sharded),
-        "activations": int(activations),
-        "total": int(sharded + activations),
-    }
-
-
 def sharding_plan(abstract_params: dict, params_shardings: dict) -> dict:
     """Where each parameter lives: {name with layer numbers as *: {shape, spec (mesh axis per
     dimension), layers (how many such parameters), bytes_per_device (each)}}."""
@@ -87,10 +65,12 @@ def sharding_plan(abstract_params: dict, params_shardings: dict) -> dict:
     return plan
 
 
-def summary(cfg: Config, abstract_state: dict, seq_len: int, params_shardings: dict) -> dict:
-    """The JSON-ready summary printed by `scripts/train.py --dry-run`."""
+def summary(
+    cfg: Config, abstract_state: dict, seq_len: int, params_shardings: dict, memory: dict
+) -> dict:
+    """The JSON-ready summary printed by `mta train --dry-run`; `memory` is bytes per device
+    from mta/train/memory.py (with its `source` and `total`)."""
     devices = jax.device_count()
-    memory = memory_estimate_bytes(cfg, abstract_state, seq_len, devices)
     return {
         "params": count_params(abstract_state["params"]),
         "layers": layer_kinds(cfg),

@@ -94,7 +94,7 @@ def _train(args):
 
 def test_dry_run_counts_and_names_the_variants(tiny_overrides):
     extra = ["model.attention.kind=fox", "model.attention.output_gate=headwise", "model.canon=C"]
-    result = _train(["--dry-run", *tiny_overrides, *extra])
+    result = _train(["--dry-run", "--no-compile", *tiny_overrides, *extra])
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     # tiny: E = 32, 2 layers, 2 heads: fox gate 32 x 2 + 2, output gate 32 x 2, Canon C 4 x 32
