@@ -2,6 +2,7 @@
 every weight product goes through."""
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -60,10 +61,32 @@ class RMSNorm(nnx.Module):
         return rms_norm(x, self.weight[...], self.eps)
 
 
-def apply_rope(x_BTHD: jax.Array, positions_BT: jax.Array, theta: float) -> jax.Array:
-    """Rotary position embedding (Llama's rotate-half layout) on [B, T, H, D], D even."""
-    half = x_BTHD.shape[-1] // 2
+def rope_inv_freq(half: int, theta: float, scaling: tuple | None = None) -> jax.Array:
+    """RoPE's D/2 inverse frequencies theta^(-i / (D/2)) [D/2] float32, scaled as Hugging Face's
+    rope types do it: ("linear", factor) divides all by factor; ("llama3", factor, low, high,
+    original_max_position) divides those of wavelength > original / low by factor, keeps
+    those < original / high, and blends linearly in 1 / wavelength between."""
     inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    if scaling is None:
+        return inv_freq
+    if scaling[0] == "linear":
+        return inv_freq / scaling[1]
+    _, factor, low, high, original = scaling
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return jnp.where(medium, blended, scaled)
+
+
+def apply_rope(
+    x_BTHD: jax.Array, positions_BT: jax.Array, theta: float, scaling: tuple | None = None
+) -> jax.Array:
+    """Rotary position embedding (Llama's rotate-half layout) on [B, T, H, D], D even, with the
+    frequencies of rope_inv_freq(D / 2, theta, scaling)."""
+    half = x_BTHD.shape[-1] // 2
+    inv_freq = rope_inv_freq(half, theta, scaling)
     angles_BTF = positions_BT[..., None].astype(jnp.float32) * inv_freq
     cos, sin = jnp.cos(angles_BTF), jnp.sin(angles_BTF)
     # [x1, x2] -> [x1 cos - x2 sin, x2 cos + x1 sin] as x * [cos, cos] + [x2, x1] * [-sin, sin]:

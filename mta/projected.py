@@ -47,6 +47,7 @@ class _Projected(nnx.Module):
             axes = ("embed", "heads") + ((None,) if s.output_gate == "elementwise" else ())
             self.gate_out = param(_normal(rngs, shape, std), axes)
         self.settings, self.rope_theta, self.eps = s, m.rope_theta, m.norm_eps
+        self.rope_scaling = m.rope_scaling
         self.dtype, self.tuned = jnp.dtype(m.compute_dtype), m.tuned
 
     def __call__(self, x_BTE, positions_BT, segment_ids_BT=None):
@@ -74,7 +75,7 @@ class _Projected(nnx.Module):
         if self.settings.qk_norm:
             q, k = rms_norm(q, self.q_norm[...], self.eps), rms_norm(k, self.k_norm[...], self.eps)
         if self.settings.rope:
-            q, k = (apply_rope(x, positions_BT, self.rope_theta) for x in (q, k))
+            q, k = (apply_rope(x, positions_BT, self.rope_theta, self.rope_scaling) for x in (q, k))
         return q, k, v
 
     def _project(self, x, w, num_in: int = 1):

@@ -31,7 +31,17 @@ def resolve_model(cfg: ModelConfig, tensor: int = 1) -> ModelSettings:
         canon=cfg.canon,
         canon_kernel=cfg.canon_kernel,
         canon_residual=cfg.canon_residual,
+        rope_scaling=_rope_scaling(cfg),
     )
+
+
+def _rope_scaling(cfg: ModelConfig) -> tuple | None:
+    r = cfg.rope_scaling
+    if r.kind == "linear":
+        return ("linear", r.factor)
+    if r.kind == "llama3":
+        return ("llama3", r.factor, r.low_freq_factor, r.high_freq_factor, r.original_max_position)
+    return None
 
 
 def _attention(cfg: ModelConfig, layer: int, tensor: int) -> AttentionSettings:

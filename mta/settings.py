@@ -54,6 +54,9 @@ class ModelSettings:
     canon: str = "none"  # Canon layers: none | A (before attention) | C (before the MLP) | AC
     canon_kernel: int = 4  # taps of each Canon conv
     canon_residual: bool = True
+    # RoPE frequency scaling: None, ("linear", factor) or ("llama3", factor, low_freq_factor,
+    # high_freq_factor, original_max_position) (mta/layers.py rope_inv_freq)
+    rope_scaling: tuple | None = None
 
     @property
     def num_layers(self) -> int:

@@ -130,6 +130,17 @@ def test_accelerator_tiny_runs_every_part(tmp_path, tiny_overrides):
     assert "| loop | train loop vs bare step |" in text
 
 
+def test_import_tiny(tmp_path):
+    (record,) = run_ok(tmp_path, "import", "--size", "tiny", "--dir", tmp_path)
+    assert record["status"] == "ok" and record["size"] == "tiny" and record["shards"] == 4
+    assert record["params"] == 106_816 and 0.4 <= record["checkpoint_mb"] < 0.5  # float32
+    assert record["peak_rss_mb"] > 0 and record["import_s"] > 0
+    ratio = record["peak_rss_mb"] / record["checkpoint_mb"]
+    assert record["rss_ratio"] == pytest.approx(ratio, 0.05)
+    assert "| tiny | 106816 | 4 |" in (tmp_path / "bench.md").read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []  # the scratch is removed
+
+
 def test_harness_tiny(tmp_path):
     pytest.importorskip("lm_eval")
     records = run_ok(tmp_path, "harness", "--tiny")
@@ -165,6 +176,7 @@ def test_markdown_section_is_rewritten_in_place(tmp_path):
         ["train", "model.no_such_key=1"],
         ["data", "--batches", "x"],
         ["accelerator", "--parts", "nope"],
+        ["import", "--size", "70B"],
         ["harness", "--requests", "0"],
         ["harness", "--workdir", "/nonexistent/run"],
         ["frobnicate"],

@@ -14,6 +14,8 @@ import mta.cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ["train", "eval", "ablate", "bench", "generate", "config_docs", "tokenizer"]
+SCRIPTS += ["import_hf", "export_hf"]
+COMMAND = {module: name for name, (module, _) in mta.cli.COMMANDS.items()}  # import_hf: import-hf
 
 
 def test_mta_lists_commands_and_rejects_unknown_ones(capsys):
@@ -25,7 +27,7 @@ def test_mta_lists_commands_and_rejects_unknown_ones(capsys):
     assert mta.cli.main(["trian"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "mta: error: unknown command 'trian' (choose from train, eval, generate, ablate, bench, "
-        "tokenizer)"
+        "tokenizer, import-hf, export-hf)"
     ]
 
 
@@ -35,15 +37,19 @@ def test_every_command_has_help(name, capsys):
         importlib.import_module(f"mta.cli.{name}").main(["--help"], prog=f"mta {name}")
     assert exit_info.value.code == 0
     assert capsys.readouterr().out.startswith(f"usage: mta {name}")
+    if name in COMMAND:  # and through the dispatcher, by its command name
+        with pytest.raises(SystemExit):
+            mta.cli.main([COMMAND[name], "--help"])
+        assert capsys.readouterr().out.startswith(f"usage: mta {COMMAND[name]}")
 
 
 @pytest.mark.parametrize("name", [n for n in SCRIPTS if n not in ("bench", "config_docs")])
 def test_usage_errors_are_one_line_exit_2(name, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        mta.cli.main([name, "--no-such-flag"])
+        mta.cli.main([COMMAND[name], "--no-such-flag"])
     assert exit_info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"mta {name}: error: ")
+    assert line.startswith(f"mta {COMMAND[name]}: error: ")
 
 
 @pytest.mark.parametrize("name", SCRIPTS)

@@ -6,6 +6,7 @@
     data.py       corpus ingestion tokens/s and peak RSS; input pipeline vs training tokens/s
     soak.py       a long toy run with a SIGTERM and resume: RSS, open files, checkpoints, metrics
     accelerator.py  all of it on the backend at hand (GPU/TPU), loop overhead included
+    hf_import.py  importing a sharded Hugging Face checkpoint: seconds and peak RSS
     lm_harness.py requests/s of the lm-eval model (loglikelihood, generate_until)
     harness.py    configs, machine info, JSON-lines records, timing, matmul probe, memory,
                   fresh subprocesses per configuration (their side: child.py)
@@ -16,7 +17,7 @@ per measurement through a harness.Recorder. `mta bench NAME` (mta/cli/bench.py) 
 the numbers live in docs/benchmarks.md with their command and machine, not here.
 """
 
-from mta.bench import accelerator, attention, data, decode, lm_harness, soak, train
+from mta.bench import accelerator, attention, data, decode, hf_import, lm_harness, soak, train
 
 BENCHMARKS = {
     "attention": attention,
@@ -25,5 +26,6 @@ BENCHMARKS = {
     "data": data,
     "soak": soak,
     "accelerator": accelerator,
+    "import": hf_import,
     "harness": lm_harness,
 }

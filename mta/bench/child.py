@@ -5,7 +5,7 @@ item. A failure is reported as the item's status and ends the row there."""
 import json
 import sys
 
-from mta.bench import attention, data, decode
+from mta.bench import attention, data, decode, hf_import
 from mta.bench.harness import RESULT_PREFIX, looks_oom
 
 MEASURE = {
@@ -13,6 +13,7 @@ MEASURE = {
     "decode": decode.measure,
     "model_decode": decode.measure_model,
     "ingest": data.measure_ingest,
+    "hf_import": hf_import.measure,
 }
 
 

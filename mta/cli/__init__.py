@@ -6,6 +6,8 @@
     mta bench attention --T 512 1024                                     # mta/cli/bench.py
     mta generate --workdir runs/x --prompt "abc"                         # mta/cli/generate.py
     mta tokenizer train --kind sentencepiece --vocab-size 8000 --output sp.model  # tokenizer.py
+    mta import-hf --hf-dir Llama-3.2-1B --config C --workdir runs/x      # mta/cli/import_hf.py
+    mta export-hf --workdir runs/x --out export/x                        # mta/cli/export_hf.py
 
 `python scripts/<command>.py ...` in a checkout and `python -m mta.cli.<command> ...` are the
 same commands: scripts/*.py only call these `main`s. args.py holds what every command shares: a
@@ -14,7 +16,7 @@ config_docs.py (`python scripts/config_docs.py`) is a maintenance command of a c
 rewrites docs/configs.md there), so it is not an installed command.
 
 Why one `mta` command with subcommands rather than `mta-train`, `mta-eval`, ...: the commands
-form one tool whose list grows (Hugging Face import/export is next), and
+form one tool whose list grows, and
 one entry point keeps that list in one place, shows it with `mta --help`, and puts one name on
 PATH instead of a family of them; `bench` already has subcommands of its own in the same style.
 Dispatching imports only the chosen command's module, so `mta --help` starts without JAX.
@@ -33,6 +35,8 @@ COMMANDS = {  # name: (module under mta.cli, one-line summary)
         "tokenizer",
         "train a tokenizer file (SentencePiece, byte-level BPE)",
     ),
+    "import-hf": ("import_hf", "import a Hugging Face Llama checkpoint into a workdir (step 0)"),
+    "export-hf": ("export_hf", "export a checkpoint as Hugging Face safetensors + config.json"),
 }
 
 

@@ -7,6 +7,7 @@
     mta bench soak --steps 20000
     mta bench accelerator --out docs/bench_results.jsonl --markdown docs/benchmarks.md
     mta bench decode --out docs/bench_results.jsonl --markdown docs/benchmarks.md
+    mta bench import --size 1B
     mta bench harness --config configs/lm/small_mta.yaml --requests 64 --batch-size 8
 
 (`python scripts/bench.py ...` in a checkout is the same command.)
@@ -27,7 +28,7 @@ import os
 import shlex
 import sys
 
-from mta.bench import BENCHMARKS, accelerator, attention, decode, lm_harness, soak, train
+from mta.bench import BENCHMARKS, accelerator, attention, decode, hf_import, lm_harness, soak, train
 from mta.bench.harness import Recorder, UserError, load_cfg
 from mta.bench.markdown import newest_run, write_markdown
 from mta.cli.args import (
@@ -158,6 +159,14 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
     acc = _subparser(sub, "accelerator", "everything on the backend at hand, with targets")
     accelerator.add_options(acc)
     _common(acc)
+    imp = _subparser(sub, "import", "import-hf of a random sharded Llama: seconds and peak RSS")
+    imp.add_argument(
+        "--size", choices=sorted(hf_import.SIZES), default="1B",
+        help="1B: Llama-3.2-1B's shapes (4.9 GB); small (0.5 GB); tiny: a smoke run",
+    )  # fmt: skip
+    imp.add_argument("--dir", help="where to write the checkpoint (default: the temp directory)")
+    _subprocess_options(imp, timeout=3600)
+    _common(imp)
     har = _subparser(sub, "harness", "requests/s of the lm-eval model on a small LM")
     lm_harness.add_options(har)
     _common(har)

@@ -203,6 +203,12 @@ def validate(cfg: Config) -> None:
             f"model.dim: {m.dim} is not divisible by 2 x model.num_heads ({m.num_heads}), which "
             "DIFF attention's half-heads need; set model.head_dim explicitly"
         )
+    scaling = m.rope_scaling
+    if scaling.kind == "llama3" and not 0 < scaling.low_freq_factor < scaling.high_freq_factor:
+        raise ConfigError(
+            f"model.rope_scaling: low_freq_factor {scaling.low_freq_factor} and high_freq_factor "
+            f"{scaling.high_freq_factor} must satisfy 0 < low < high"
+        )
     if a.head_pre == "conv3d" and not a.kq_pre.enabled:
         raise ConfigError(
             "model.attention.head_pre: conv3d is the full 3-D pre-softmax kernel and needs "

@@ -66,6 +66,20 @@ class AttentionConfig:
 
 
 @dataclass
+class RopeScalingConfig:
+    """The rope_scaling types linear and llama3 of Hugging Face checkpoints."""
+
+    # none | linear (every frequency / factor) | llama3 (Llama 3.1's: wavelengths beyond
+    # original_max_position / low_freq_factor divided by factor, those below
+    # original_max_position / high_freq_factor kept, a smooth blend between)
+    kind: str = "none"
+    factor: float = 8.0  # the division of the scaled frequencies
+    low_freq_factor: float = 1.0  # llama3: the low-frequency wavelength bound's divisor
+    high_freq_factor: float = 4.0  # llama3: the high-frequency wavelength bound's divisor
+    original_max_position: int = 8192  # llama3: the context length of pretraining
+
+
+@dataclass
 class ModelConfig:
     # At least data.tokenizer's vocabulary; 259 is the byte tokenizer's (256 bytes + pad, bos, eos)
     vocab_size: int = 259
@@ -77,6 +91,8 @@ class ModelConfig:
     mlp_hidden: int = 256  # hidden width of the SwiGLU feed-forward layer
     tie_embeddings: bool = True  # the output layer reuses the input embedding matrix
     rope_theta: float = 10000.0  # base of the rotary position embedding's frequencies
+    # Scaling of RoPE's frequencies (imported Llama 3.1/3.2 checkpoints use llama3)
+    rope_scaling: RopeScalingConfig = field(default_factory=RopeScalingConfig)
     norm_eps: float = 1e-5  # epsilon of every RMSNorm
     init_std: float = 0.02  # std of the normal init of embeddings and projections
     scale_output_init: bool = False  # divide output projections' init std by sqrt(2 * layers)
@@ -239,6 +255,7 @@ CHOICES = {
     "model.attention.rope": ("auto", "on", "off"),
     "model.attention.output_gate": ("none", "elementwise", "headwise"),
     "model.canon": ("none", "A", "C", "AC"),
+    "model.rope_scaling.kind": ("none", "linear", "llama3"),
     "model.attention.impl": ("reference", "dense", "blockwise", "pallas", "auto"),
     "model.tuned_vjp": ("auto", "enabled", "disabled"),
     "model.attention.head_pre": ("none", "linear", "grouped", "conv3d"),
@@ -263,6 +280,8 @@ POSITIVE = (
     "model.num_heads",
     "model.mlp_hidden",
     "model.rope_theta",
+    "model.rope_scaling.factor",
+    "model.rope_scaling.original_max_position",
     "model.norm_eps",
     "model.canon_kernel",
     "model.attention.kq_pre.c_q",

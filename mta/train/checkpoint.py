@@ -62,11 +62,27 @@ def _write_error(manager, err: Exception) -> CheckpointWriteError:
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: dict, data_iter) -> dict:
     """Restores the state onto the shardings of `abstract_state` (a tree of
-    ShapeDtypeStructs with .sharding) and moves `data_iter` to its saved position."""
+    ShapeDtypeStructs with .sharding) and moves `data_iter` to its saved position.
+
+    A checkpoint written by `mta import-hf` holds no optimizer state and no data position: the
+    state returned then has no "opt_state" (the caller initialises it) and `data_iter` stays
+    at the start of the data."""
+    step_dir = Path(manager.directory) / str(step)
+    saved = _saved_keys(step_dir)
+    if saved is not None and "opt_state" not in saved:
+        abstract_state = {key: abstract_state[key] for key in abstract_state if key in saved}
     args = {"state": ocp.args.StandardRestore(abstract_state)}
-    if data_iter is not None:
+    if data_iter is not None and (step_dir / "data").exists():
         args["data"] = grain.checkpoint.CheckpointRestore(data_iter)
     return manager.restore(step, args=ocp.args.Composite(**args))["state"]
+
+
+def _saved_keys(step_dir: Path) -> set | None:
+    """The top-level keys of a checkpoint's saved state (None if its metadata is unreadable)."""
+    try:
+        return set(ocp.StandardCheckpointHandler().metadata(step_dir.absolute() / "state").keys())
+    except Exception:
+        return None
 
 
 def _shapes(tree) -> dict[str, tuple]:

@@ -118,6 +118,8 @@ def train(
     )
     if state is None:
         state = setup.init_state()
+    elif "opt_state" not in state:  # an imported checkpoint (mta import-hf): weights only
+        state = setup.with_optimizer(state)
     if is_main:
         (workdir / "config.yaml").write_text(to_yaml(cfg))
         tokenizer_record.write(workdir, tok)

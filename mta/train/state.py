@@ -67,6 +67,12 @@ class TrainSetup:
             "skipped": jnp.zeros((), jnp.int32),  # non-finite updates skipped so far
         }
 
+    def with_optimizer(self, state: dict) -> dict:
+        """`state` (params, step, skipped) with a fresh optimizer state for its params, on the
+        state's shardings: how a run continues from an imported checkpoint."""
+        opt_state = jax.jit(self.optimizer.init, out_shardings=self.shardings["opt_state"])
+        return {**state, "opt_state": opt_state(state["params"])}
+
     def init_state(self) -> dict:
         """A freshly initialised state, created directly on its shardings."""
         return jax.jit(self._fresh_state, out_shardings=self.shardings)()
