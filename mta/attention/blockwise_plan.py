@@ -122,11 +122,12 @@ def padded_inputs(plan: Plan, q, k, v, segment_ids):
     """Inputs padded so every tile slice is in range.
 
     q rows: rows_above zeros on top, then up to num_qb * block_q: padded row i + rows_above is
-    query i. k, v columns: cols_side on the left, up to num_kb * block_k + cols_side: padded
-    column j + cols_side is key j. Ids pad with -1 (padding is masked by position anyway).
+    query i. k, v columns: cols_side on the left, up to num_kb * block_k + 2 cols_side + 2 r':
+    padded column j + cols_side is key j (wide output tiles read v up to 2 r' past the last
+    block). Ids pad with -1 (padding is masked by position anyway).
     """
     q_tail = plan.num_qb * plan.block_q - plan.num_t
-    k_tail = plan.num_kb * plan.block_k - plan.num_s + plan.cols_side
+    k_tail = plan.num_kb * plan.block_k - plan.num_s + plan.cols_side + 2 * plan.post_r
     q_pad = pad_axis(q, 1, plan.rows_above, q_tail)
     k_pad = pad_axis(k, 1, plan.cols_side, k_tail)
     v_pad = pad_axis(v, 1, plan.cols_side, k_tail)
@@ -171,10 +172,11 @@ class Blocks:
 
     def post_cols(self, kb):
         """Global indices [block_k + 2 r'] and ids of the columns an output tile's post conv
-        reads (r' on each side of key block kb), and v [B, block_k, K, D] of the block."""
+        reads (r' on each side of key block kb), and v [B, block_k + 2 r', K, D] of the keys
+        from j0 on (the output tile is as wide as its input; columns past the block get 0)."""
         p = self.plan
         j0 = kb * p.block_k
         start = j0 - p.post_r
         cols = start + jnp.arange(p.block_k + 2 * p.post_r)
         ids = _seg_slice(self.seg_k, start + p.cols_side, p.block_k + 2 * p.post_r)
-        return cols, ids, dynamic_slice(self.v_pad, j0 + p.cols_side, p.block_k, 1)
+        return cols, ids, dynamic_slice(self.v_pad, j0 + p.cols_side, cols.shape[0], 1)

@@ -50,13 +50,23 @@ def logit_strip(plan: Plan, kernels, blocks: Blocks, qb, strip, with_stats: bool
 
 def strip_probs(plan: Plan, blocks: Blocks, qb, kb, strip, m_BHR, l_BHR):
     """Probabilities of output tile (qb, kb) with its post halo, read from the strip:
-    p [B, H, strip_rows, block_k + 2 r'], allowed_out [B|1, 1, block_q, block_k], the ids of
-    the strip rows (or None) and v [B, block_k, K, D] of key block kb."""
+    p [B, H, strip_rows, C], C = block_k + 2 r' (keys from j0 - r'); allowed_out
+    [B|1, 1, block_q, C] (output column j is key j0 + j, False from block_k on); the ids of the
+    strip rows (or None) and v [B, C, K, D] (keys j0 ..)."""
     rows_R, seg_rows = blocks.strip_ids(qb)
     cols_C, seg_cols, v_t = blocks.post_cols(kb)
     allowed = allowed_pairs(plan, rows_R, cols_C, seg_rows, seg_cols)
     y_BHRC = dynamic_slice(strip, kb * plan.block_k, cols_C.shape[0], 3)
     p_BHRC = probabilities(y_BHRC, allowed, m_BHR, l_BHR)
     r = plan.post_r
-    allowed_out = allowed[..., plan.post_cq - 1 :, r : r + plan.block_k]
-    return p_BHRC, allowed_out, seg_rows, v_t
+    out_cols = cols_C + r  # output column j reads input columns j .. j + 2 r'
+    in_block = jnp.arange(cols_C.shape[0]) < plan.block_k
+    seg_out = None if seg_cols is None else jnp.roll(seg_cols, -r, axis=1)
+    allowed_out = allowed_pairs(
+        plan, rows_R[plan.post_cq - 1 :], out_cols, _own(seg_rows, plan), seg_out
+    )
+    return p_BHRC, allowed_out & in_block, seg_rows, v_t
+
+
+def _own(seg_rows, plan: Plan):
+    return None if seg_rows is None else seg_rows[:, plan.post_cq - 1 :]

@@ -16,6 +16,7 @@ from jax import lax
 from mta.attention.blockwise_plan import Plan, allowed_pairs
 from mta.attention.conv import grouped_conv_valid, mix_heads
 from mta.attention.core import attention_logits, weight_values
+from mta.attention.depthwise import _flat_sum, depthwise_conv_flat
 from mta.attention.pre_conv import widen_taps
 
 TILE_COUNTER = {"enabled": False, "count": 0}
@@ -25,24 +26,41 @@ def _count_tile():
     TILE_COUNTER["count"] += 1
 
 
-def conv_valid(x_BCRS, kernel_OIQK, groups: int, seg_BR, tuned: bool):
-    """MTA conv without padding: x [B, C, R + c_q - 1, S + c_k - 1] -> [B, O, R, S] float32.
+def conv_wide(x_BHRC, kernel_HQK, seg_BR, tuned: bool):
+    """Depthwise MTA conv of a tile with its halo, kept as wide as its input:
+    x [B, H, R + c_q - 1, C] -> [B, H, R, C] float32, where output column j < C - c_k + 1 is
+    sum_{a, b} kernel[h, a, b] x[h, t + a, j + b] (output row t; its own row is input row
+    t + c_q - 1) and later columns are unspecified.
 
-    Output row t reads input rows t .. t + c_q - 1 (its own row is the last); with seg_BR (ids of
-    the input rows) a tap reads 0 from a row of another document than the output row's, so each
-    query tap a convolves its own row window (foreign rows zeroed) along keys.
-    Depthwise kernels run as shifted multiply-adds, 3-D head kernels through lax (conv.py).
+    The rows are laid end to end (depthwise.depthwise_conv_flat): a 2-D conv whose output a
+    head-mixing dot or the [R, C] view reads ran 5-10x slower on XLA:CPU (the reshape fused
+    into its loop). With seg_BR (ids of the input rows) a tap reads 0 from a row of another
+    document than the output row's: one flat conv per query tap on rows with foreign rows zeroed.
     """
-    c_q = kernel_OIQK.shape[2]
+    c_q = kernel_HQK.shape[1]
+    num_rows = x_BHRC.shape[2] - (c_q - 1)
+    x_BHRC = lax.optimization_barrier(x_BHRC.astype(jnp.float32))  # not re-evaluated per tap
+    kernel_HQK = kernel_HQK.astype(jnp.float32)
     if seg_BR is None or c_q == 1:
-        return grouped_conv_valid(x_BCRS, kernel_OIQK, groups, tuned)
-    num_rows = x_BCRS.shape[2] - (c_q - 1)
+        return _conv_flat(x_BHRC, kernel_HQK, tuned)
     out = 0.0
     for a in range(c_q):  # rows t + a of output row t, kept if in its document
         same_doc_BR = seg_BR[:, a : a + num_rows] == seg_BR[:, c_q - 1 :]
-        rows_BCRS = jnp.where(same_doc_BR[:, None, :, None], x_BCRS[:, :, a : a + num_rows], 0.0)
-        out = out + grouped_conv_valid(rows_BCRS, kernel_OIQK[:, :, a : a + 1], groups, tuned)
+        rows_BHRC = jnp.where(same_doc_BR[:, None, :, None], x_BHRC[:, :, a : a + num_rows], 0.0)
+        out = out + _conv_flat(rows_BHRC, kernel_HQK[:, a : a + 1], tuned)
     return out
+
+
+def _conv_flat(x_BHRC, kernel_HQK, tuned: bool):
+    batch, heads, rows_in, cols = x_BHRC.shape
+    c_q, c_k = kernel_HQK.shape[1:]
+    num_rows = rows_in - (c_q - 1)
+    flat_BHL = jnp.pad(x_BHRC.reshape(batch, heads, -1), ((0, 0), (0, 0), (0, c_k - 1)))
+    if tuned:
+        out_BHL = depthwise_conv_flat(flat_BHL, kernel_HQK, cols, num_rows * cols)
+    else:
+        out_BHL = _flat_sum(flat_BHL, kernel_HQK, cols, num_rows * cols)
+    return out_BHL.reshape(batch, heads, num_rows, cols)
 
 
 def pre_tile(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC):
@@ -107,11 +125,27 @@ def _exact_logits(plan: Plan, kernel, q_BRHD, k_BCKD, allowed_in, seg_BR):
     """conv_pre(mask_0(q k^T / sqrt(D))) by convolving the zero-masked logit tile: exact on
     the causal band and across documents. kernel: kq_pre [H, c_q, c_k] or a 3-D head_pre."""
     x_BHRC = jnp.where(allowed_in, attention_logits(q_BRHD, k_BCKD), 0.0)
-    if kernel.ndim == 3:  # depthwise: h q k -> h 1 q k
-        kernel_OIQK, groups = rearrange(kernel, "h q k -> h 1 q k"), x_BHRC.shape[1]
-    else:  # 3-D conv: n i o q k -> (n o) i q k
-        kernel_OIQK, groups = rearrange(kernel, "n i o q k -> (n o) i q k"), kernel.shape[0]
-    return conv_valid(x_BHRC, kernel_OIQK.astype(jnp.float32), groups, seg_BR, plan.tuned)
+    num_cols = x_BHRC.shape[3] - kernel.shape[-1] + 1
+    if kernel.ndim == 3:  # depthwise
+        return conv_wide(x_BHRC, kernel, seg_BR, plan.tuned)[..., :num_cols]
+    kernel_OIQK = rearrange(kernel, "n i o q k -> (n o) i q k").astype(jnp.float32)
+    x_BHRC = lax.optimization_barrier(x_BHRC)  # not re-evaluated per tap
+    return _conv3d_valid(x_BHRC, kernel_OIQK, kernel.shape[0], seg_BR, plan.tuned)
+
+
+def _conv3d_valid(x_BCRS, kernel_OIQK, groups: int, seg_BR, tuned: bool):
+    """The 3-D pre conv without padding (lax's grouped conv): x [B, C, R + c_q - 1, S + c_k - 1]
+    -> [B, O, R, S]; with seg_BR a query tap reads 0 from a row of another document."""
+    c_q = kernel_OIQK.shape[2]
+    if seg_BR is None or c_q == 1:
+        return grouped_conv_valid(x_BCRS, kernel_OIQK, groups, tuned)
+    num_rows = x_BCRS.shape[2] - (c_q - 1)
+    out = 0.0
+    for a in range(c_q):  # rows t + a of output row t, kept if in its document
+        same_doc_BR = seg_BR[:, a : a + num_rows] == seg_BR[:, c_q - 1 :]
+        rows_BCRS = jnp.where(same_doc_BR[:, None, :, None], x_BCRS[:, :, a : a + num_rows], 0.0)
+        out = out + grouped_conv_valid(rows_BCRS, kernel_OIQK[:, :, a : a + 1], groups, tuned)
+    return out
 
 
 def probabilities(y_BHRC, allowed, m_BHR, l_BHR):
@@ -120,15 +154,15 @@ def probabilities(y_BHRC, allowed, m_BHR, l_BHR):
 
 
 def out_tile(plan: Plan, kernels, p_BHRC, allowed_out, seg_rows, v_BCKD):
-    """An output tile from probabilities with the post halo.
+    """An output tile from probabilities with the post halo, kept C = block_k + 2 r' wide.
 
-    p: [B, H, block_q + c_q' - 1, block_k + 2 r'] (rows from c_q' - 1 above the block, columns
-    from r' left of it); allowed_out: [B|1, 1, block_q, block_k]; seg_rows: ids of p's rows or
-    None; v: [B, block_k, K, D]. -> mask_0(mix_post(conv_post(p))) v: [B, block_q, H, D] f32.
+    p: [B, H, block_q + c_q' - 1, C] (rows from c_q' - 1 above the block, columns from r' left
+    of it); allowed_out: [B|1, 1, block_q, C], output column j is key j0 + j (False from
+    block_k on); seg_rows: ids of p's rows or None; v: [B, C, K, D], keys j0 ...
+    -> mask_0(mix_post(conv_post(p))) v: [B, block_q, H, D] float32.
     """
     if "kq_post" in kernels:  # post conv on the probabilities (rows of this strip only)
-        kernel_OIQK = rearrange(kernels["kq_post"], "h q k -> h 1 q k").astype(jnp.float32)
-        p_BHRC = conv_valid(p_BHRC, kernel_OIQK, p_BHRC.shape[1], seg_rows, plan.tuned)
+        p_BHRC = conv_wide(p_BHRC, kernels["kq_post"], seg_rows, plan.tuned)
     if "head_post" in kernels:  # b (n i) r c, n i o -> b (n o) r c
         p_BHRC = mix_heads(p_BHRC, kernels["head_post"], plan.tuned)
     a_BHRC = jnp.where(allowed_out, p_BHRC, 0.0)  # mask_0 after the post conv
