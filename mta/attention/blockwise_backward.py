@@ -17,7 +17,7 @@ from mta.attention.blockwise_plan import (
     padded_inputs,
 )
 from mta.attention.blockwise_strip import empty_strip, logit_strip, strip_probs
-from mta.attention.blockwise_tiles import out_tile, pre_tile, probabilities
+from mta.attention.blockwise_tiles import out_tile, pre_tile_grads, probabilities
 
 PRE, POST = ("kq_pre", "head_pre"), ("kq_post", "head_post")
 
@@ -97,8 +97,10 @@ def _block_grads(plan: Plan, pre, post, blocks, d_out, qb, strip, stats, grads: 
         _, seg_cols, _ = blocks.post_cols(kb)
         seg_cols = None if seg_cols is None else seg_cols[:, plan.post_r : plan.post_r + bk]
         allowed = allowed_pairs(plan, own_rows, cols_C, seg_own, seg_cols)
-        y_BHRC = dynamic_slice(strip[:, :, halo:], kb * bk + plan.post_r, bk, 3)
-        dp_BHRC = dynamic_slice(dp[:, :, halo:], kb * bk + plan.post_r, bk, 3)
+        # one dynamic slice each: a static row slice first would copy the whole strip
+        start, size = (0, 0, halo, kb * bk + plan.post_r), m_own.shape + (bk,)
+        y_BHRC = lax.dynamic_slice(strip, start, size)
+        dp_BHRC = lax.dynamic_slice(dp, start, size)
         return probabilities(y_BHRC, allowed, m_own, l_own), dp_BHRC
 
     def delta_step(kb, delta_BHR):
@@ -111,12 +113,9 @@ def _block_grads(plan: Plan, pre, post, blocks, d_out, qb, strip, stats, grads: 
         dq, dk, d_pre = carry
         q_t, k_t, segs, row0, col0 = blocks.pre_args(qb, kb, 0)
 
-        def tile(q_t, k_t, kern):
-            return pre_tile(plan, kern, q_t, k_t, row0, col0, *segs)
-
-        _, vjp, _ = jax.vjp(tile, q_t, k_t, pre, has_aux=True)
         p_BHRC, dp_BHRC = own_tile(kb)
-        g_q, g_k, g_kern = vjp(p_BHRC * (dp_BHRC - delta_BHR[..., None]))
+        dy_BHRC = p_BHRC * (dp_BHRC - delta_BHR[..., None])
+        g_q, g_k, g_kern = pre_tile_grads(plan, pre, q_t, k_t, row0, col0, *segs, dy_BHRC)
         dq = add_at(dq, qb * plan.block_q + plan.post_cq - 1, g_q, 1)
         dk = add_at(dk, kb * bk + plan.post_r, g_k, 1)
         return dq, dk, _add_tree(d_pre, g_kern)

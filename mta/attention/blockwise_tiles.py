@@ -2,8 +2,9 @@
 matmul of pre_conv.py off the causal band, convolved zero-masked logits on it) and the
 post-softmax part of an output tile.
 
-TILE_COUNTER counts executed pre-softmax logit tiles (pre_tile calls) when its "enabled" is
-set before tracing; the tests use it to check the counts stated in blockwise.py.
+TILE_COUNTER counts executed pre-softmax logit tiles ("count": pre_tile and pre_tile_grads
+calls; "wide": forward tiles through the widened matmul) when its "enabled" is set before
+tracing; the tests use it to check the counts stated in blockwise.py.
 """
 
 from functools import partial
@@ -19,11 +20,11 @@ from mta.attention.core import attention_logits, weight_values
 from mta.attention.depthwise import _flat_sum, depthwise_conv_flat
 from mta.attention.pre_conv import widen_taps
 
-TILE_COUNTER = {"enabled": False, "count": 0}
+TILE_COUNTER = {"enabled": False, "count": 0, "wide": 0}
 
 
-def _count_tile():
-    TILE_COUNTER["count"] += 1
+def _count_tile(key: str = "count"):
+    TILE_COUNTER[key] += 1
 
 
 def conv_wide(x_BHRC, kernel_HQK, seg_BR, tuned: bool):
@@ -73,6 +74,10 @@ def pre_tile(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC):
     """
     if TILE_COUNTER["enabled"]:
         jax.debug.callback(_count_tile)
+    return _pre_tile(plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC)
+
+
+def _pre_tile(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC):
     rows_R = row0 + jnp.arange(q_BRHD.shape[1])
     cols_C = col0 + jnp.arange(k_BCKD.shape[1])
     allowed_in = allowed_pairs(plan, rows_R, cols_C, seg_BR, seg_BC)
@@ -109,6 +114,15 @@ def _wide_logits(plan: Plan, theta_HQK, q_BRHD, k_BCKD, allowed_in, seg_BR):
     """conv_pre(q k^T / sqrt(D)) as ONE matmul over a widened head dim (pre_conv.py): exact
     where no tap reads a masked logit (the caller checks that). -> [B, H, R, C] float32."""
     del allowed_in, seg_BR  # the same operands as _exact_logits (lax.cond)
+    if TILE_COUNTER["enabled"]:
+        jax.debug.callback(partial(_count_tile, "wide"))
+    wide_q, wide_k = _wide_operands(q_BRHD, k_BCKD, theta_HQK)
+    # b r h (n d), b c h (n d) -> b h r c
+    return jnp.einsum("brhd,bchd->bhrc", wide_q, wide_k, preferred_element_type=jnp.float32)
+
+
+def _wide_operands(q_BRHD, k_BCKD, theta_HQK):
+    """(wide_q [B, R, H, n D], wide_k [B, C, H, n D]) of a tile (pre_conv.widen_taps)."""
     c_q, c_k = theta_HQK.shape[1:]
     num_rows, num_cols = q_BRHD.shape[1] - c_q + 1, k_BCKD.shape[1] - c_k + 1
     group = q_BRHD.shape[2] // k_BCKD.shape[2]
@@ -116,9 +130,44 @@ def _wide_logits(plan: Plan, theta_HQK, q_BRHD, k_BCKD, allowed_in, seg_BR):
     k = jnp.repeat(k_BCKD.astype(jnp.float32), group, axis=2)  # theta is per query head
     q_taps = [q[:, a : a + num_rows] for a in range(c_q)]
     k_taps = [k[:, b : b + num_cols] for b in range(c_k)]
-    wide_q, wide_k = widen_taps(q_taps, k_taps, theta_HQK.astype(jnp.float32))
-    # b r h (n d), b c h (n d) -> b h r c
-    return jnp.einsum("brhd,bchd->bhrc", wide_q, wide_k, preferred_element_type=jnp.float32)
+    return widen_taps(q_taps, k_taps, theta_HQK.astype(jnp.float32))
+
+
+def pre_tile_grads(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC, dy_BHRC):
+    """The VJP of pre_tile (same arguments; kernels: kq_pre / head_pre only) at dy [B, H, R, C]
+    -> (dq, dk, d kernels). Off the band, the widened matmul's VJP is written out (with the
+    operands in head-major order; autodiff of the tile ran ~4x slower on XLA:CPU)."""
+    if TILE_COUNTER["enabled"]:
+        jax.debug.callback(_count_tile)
+
+    def autodiff(q_t, k_t, kern, dy_BHRC):
+        def tile(q_t, k_t, kern):
+            return _pre_tile(plan, kern, q_t, k_t, row0, col0, seg_BR, seg_BC)
+
+        _, vjp, _ = jax.vjp(tile, q_t, k_t, kern, has_aux=True)
+        return vjp(dy_BHRC)
+
+    args = (q_BRHD, k_BCKD, kernels, dy_BHRC)
+    if not plan.spec.pre_conv or plan.spec.head_pre == "conv3d":
+        return autodiff(*args)
+    clean = _off_band(plan, row0, col0, k_BCKD.shape[1], seg_BR, seg_BC)
+    return lax.cond(clean, partial(_wide_grads, plan), autodiff, *args)
+
+
+def _wide_grads(plan: Plan, q_BRHD, k_BCKD, kernels, dy_BHRC):
+    (wide_q, wide_k), operands_vjp = jax.vjp(_wide_operands, q_BRHD, k_BCKD, kernels["kq_pre"])
+    # b r h d -> b h r d: the three products below batch over heads
+    wide_q, wide_k = jnp.swapaxes(wide_q, 1, 2), jnp.swapaxes(wide_k, 1, 2)
+    grads = {}
+    d_f_BHRC = dy_BHRC
+    if "head_pre" in kernels:  # mixing's weight gradient needs the unmixed logits
+        f_BHRC = jnp.einsum("bhrd,bhcd->bhrc", wide_q, wide_k, preferred_element_type=jnp.float32)
+        _, mix_vjp = jax.vjp(partial(mix_heads, tuned=plan.tuned), f_BHRC, kernels["head_pre"])
+        d_f_BHRC, grads["head_pre"] = mix_vjp(dy_BHRC)
+    d_wide_q = jnp.swapaxes(jnp.einsum("bhrc,bhcd->bhrd", d_f_BHRC, wide_k), 1, 2)
+    d_wide_k = jnp.swapaxes(jnp.einsum("bhrc,bhrd->bhcd", d_f_BHRC, wide_q), 1, 2)
+    d_q, d_k, grads["kq_pre"] = operands_vjp((d_wide_q, d_wide_k))
+    return d_q, d_k, grads
 
 
 def _exact_logits(plan: Plan, kernel, q_BRHD, k_BCKD, allowed_in, seg_BR):
