@@ -18,7 +18,6 @@ from mta.attention.blockwise_plan import Plan, allowed_pairs
 from mta.attention.conv import grouped_conv_valid, mix_heads
 from mta.attention.core import attention_logits, weight_values
 from mta.attention.depthwise import _flat_sum, depthwise_conv_flat
-from mta.attention.pre_conv import widen_taps
 
 TILE_COUNTER = {"enabled": False, "count": 0, "wide": 0}
 
@@ -117,20 +116,40 @@ def _wide_logits(plan: Plan, theta_HQK, q_BRHD, k_BCKD, allowed_in, seg_BR):
     if TILE_COUNTER["enabled"]:
         jax.debug.callback(partial(_count_tile, "wide"))
     wide_q, wide_k = _wide_operands(q_BRHD, k_BCKD, theta_HQK)
-    # b r h (n d), b c h (n d) -> b h r c
-    return jnp.einsum("brhd,bchd->bhrc", wide_q, wide_k, preferred_element_type=jnp.float32)
+    # b h r (n d), b h c (n d) -> b h r c
+    return jnp.einsum("bhrd,bhcd->bhrc", wide_q, wide_k, preferred_element_type=jnp.float32)
 
 
 def _wide_operands(q_BRHD, k_BCKD, theta_HQK):
-    """(wide_q [B, R, H, n D], wide_k [B, C, H, n D]) of a tile (pre_conv.widen_taps)."""
+    """(wide_q [B, H, R, n D], wide_k [B, H, C, n D]) of a tile (pre_conv.widen_taps), head
+    major: in the [B, R, H, n D] layout XLA:CPU copied them into this one several times per
+    tile in the backward."""
     c_q, c_k = theta_HQK.shape[1:]
     num_rows, num_cols = q_BRHD.shape[1] - c_q + 1, k_BCKD.shape[1] - c_k + 1
     group = q_BRHD.shape[2] // k_BCKD.shape[2]
-    q = q_BRHD.astype(jnp.float32) * q_BRHD.shape[-1] ** -0.5
-    k = jnp.repeat(k_BCKD.astype(jnp.float32), group, axis=2)  # theta is per query head
-    q_taps = [q[:, a : a + num_rows] for a in range(c_q)]
-    k_taps = [k[:, b : b + num_cols] for b in range(c_k)]
-    return widen_taps(q_taps, k_taps, theta_HQK.astype(jnp.float32))
+    # b r h d -> b h r d (small: one tile's rows)
+    q = jnp.swapaxes(q_BRHD.astype(jnp.float32) * q_BRHD.shape[-1] ** -0.5, 1, 2)
+    k = jnp.swapaxes(jnp.repeat(k_BCKD.astype(jnp.float32), group, axis=2), 1, 2)
+    q_taps = [q[:, :, a : a + num_rows, None] for a in range(c_q)]  # b h r 1 d
+    k_taps = [k[:, :, b : b + num_cols, None] for b in range(c_k)]
+    # widen_taps reads [B, L, H, D]: here L = (h, r) and H = 1 does not fit theta's heads,
+    # so the weighted sums are written out in this layout
+    theta = theta_HQK.astype(jnp.float32)
+    if c_q <= c_k:
+        wide_q = q_taps
+        wide_k = [
+            sum(theta[None, :, a, b, None, None, None] * k_taps[b] for b in range(c_k))
+            for a in range(c_q)
+        ]
+    else:
+        wide_q = [
+            sum(theta[None, :, a, b, None, None, None] * q_taps[a] for a in range(c_q))
+            for b in range(c_k)
+        ]
+        wide_k = k_taps
+    return tuple(
+        jnp.concatenate(w, axis=3).reshape(w[0].shape[:3] + (-1,)) for w in (wide_q, wide_k)
+    )
 
 
 def pre_tile_grads(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC, dy_BHRC):
@@ -156,16 +175,14 @@ def pre_tile_grads(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_
 
 def _wide_grads(plan: Plan, q_BRHD, k_BCKD, kernels, dy_BHRC):
     (wide_q, wide_k), operands_vjp = jax.vjp(_wide_operands, q_BRHD, k_BCKD, kernels["kq_pre"])
-    # b r h d -> b h r d: the three products below batch over heads
-    wide_q, wide_k = jnp.swapaxes(wide_q, 1, 2), jnp.swapaxes(wide_k, 1, 2)
     grads = {}
     d_f_BHRC = dy_BHRC
     if "head_pre" in kernels:  # mixing's weight gradient needs the unmixed logits
         f_BHRC = jnp.einsum("bhrd,bhcd->bhrc", wide_q, wide_k, preferred_element_type=jnp.float32)
         _, mix_vjp = jax.vjp(partial(mix_heads, tuned=plan.tuned), f_BHRC, kernels["head_pre"])
         d_f_BHRC, grads["head_pre"] = mix_vjp(dy_BHRC)
-    d_wide_q = jnp.swapaxes(jnp.einsum("bhrc,bhcd->bhrd", d_f_BHRC, wide_k), 1, 2)
-    d_wide_k = jnp.swapaxes(jnp.einsum("bhrc,bhrd->bhcd", d_f_BHRC, wide_q), 1, 2)
+    d_wide_q = jnp.einsum("bhrc,bhcd->bhrd", d_f_BHRC, wide_k)
+    d_wide_k = jnp.einsum("bhrc,bhrd->bhcd", d_f_BHRC, wide_q)
     d_q, d_k, grads["kq_pre"] = operands_vjp((d_wide_q, d_wide_k))
     return d_q, d_k, grads
 
