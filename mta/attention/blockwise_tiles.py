@@ -56,10 +56,13 @@ def _conv_flat(x_BHRC, kernel_HQK, tuned: bool):
     c_q, c_k = kernel_HQK.shape[1:]
     num_rows = rows_in - (c_q - 1)
     flat_BHL = jnp.pad(x_BHRC.reshape(batch, heads, -1), ((0, 0), (0, 0), (0, c_k - 1)))
+    flat_BHL = lax.optimization_barrier(flat_BHL)  # (and its cotangent, in the backward)
     if tuned:
         out_BHL = depthwise_conv_flat(flat_BHL, kernel_HQK, cols, num_rows * cols)
     else:
         out_BHL = _flat_sum(flat_BHL, kernel_HQK, cols, num_rows * cols)
+    # the flat loop is not fused into a consumer that reads it as [R, C] (div/mod per element)
+    out_BHL = lax.optimization_barrier(out_BHL)
     return out_BHL.reshape(batch, heads, num_rows, cols)
 
 
