@@ -9,8 +9,8 @@ block_k columns (both padded internally; sizes per backend, blockwise_plan.BLOCK
 
 - a pre tile (blockwise_tiles.pre_tile) holds mix_pre(conv_pre(mask_0(logits))) for a block of
   queries x keys. Off the causal band (no output reads a masked logit) it is one matmul of
-  widened q and k (pre_conv.widen_taps: min(c_q, c_k) x the head dim); on the band, or where a
-  tile meets a document boundary, the zero-masked logits are convolved (exact either way);
+  widened q and k (the identity of pre_conv.py: min(c_q, c_k) x the head dim); on the band, or
+  where a tile meets a document boundary, the zero-masked logits are convolved (exact both ways);
 - a row strip (blockwise_strip.py) holds the pre tiles of one query block and the c_q' - 1 rows
   above it (the post conv's halo) for every key block up to the causal limit:
   [B, H, block_q + c_q' - 1, S + 2 r'], O(T) memory. The softmax statistics come from the strip
@@ -18,8 +18,9 @@ block_k columns (both padded internally; sizes per backend, blockwise_plan.BLOCK
   rows above and r' columns each side) from it: no second pass over the logits.
 
 Pre tiles computed (each query block's tiles up to the causal limit): forward 1 per tile,
-backward 2 per tile (the strip again, then once more under jax.vjp to pull dY back to q, k and
-the pre kernels), each over block_q + c_q' - 1 rows in the strips (block_q in the last).
+backward 2 per tile (the strip again, then once more for the VJP that pulls dY back to q, k and
+the pre kernels: blockwise_tiles.pre_tile_grads), over block_q + c_q' - 1 rows in the strips and
+block_q in the VJP.
 
 Backward (jax.custom_vjp; residuals: the inputs and the strips' statistics), query blocks last
 to first: refill the strip; per output tile the VJP of the post part (post conv, post mixing,

@@ -17,7 +17,7 @@ from jax import lax
 from mta.attention.blockwise_plan import Plan, allowed_pairs
 from mta.attention.conv import grouped_conv_valid, mix_heads
 from mta.attention.core import attention_logits, weight_values
-from mta.attention.depthwise import _flat_sum, depthwise_conv_flat
+from mta.attention.depthwise import depthwise_conv_flat, flat_sum
 
 TILE_COUNTER = {"enabled": False, "count": 0, "wide": 0}
 
@@ -60,7 +60,7 @@ def _conv_flat(x_BHRC, kernel_HQK, tuned: bool):
     if tuned:
         out_BHL = depthwise_conv_flat(flat_BHL, kernel_HQK, cols, num_rows * cols)
     else:
-        out_BHL = _flat_sum(flat_BHL, kernel_HQK, cols, num_rows * cols)
+        out_BHL = flat_sum(flat_BHL, kernel_HQK, cols, num_rows * cols)
     # the flat loop is not fused into a consumer that reads it as [R, C] (div/mod per element)
     out_BHL = lax.optimization_barrier(out_BHL)
     return out_BHL.reshape(batch, heads, num_rows, cols)
@@ -124,9 +124,11 @@ def _wide_logits(plan: Plan, theta_HQK, q_BRHD, k_BCKD, allowed_in, seg_BR):
 
 
 def _wide_operands(q_BRHD, k_BCKD, theta_HQK):
-    """(wide_q [B, H, R, n D], wide_k [B, H, C, n D]) of a tile (pre_conv.widen_taps), head
-    major: in the [B, R, H, n D] layout XLA:CPU copied them into this one several times per
-    tile in the backward."""
+    """(wide_q [B, H, R, n D], wide_k [B, H, C, n D]), n = min(c_q, c_k), with
+    wide_q wide_k^T = sum_{a,b} theta[a, b] q_taps[a] k_taps[b]^T (pre_conv.py's identity,
+    unmasked): the plain taps of the shorter kernel side, the other side's taps weighted.
+    Head major: in pre_conv's [B, R, H, n D] layout XLA:CPU copied them into this one several
+    times per tile in the backward."""
     c_q, c_k = theta_HQK.shape[1:]
     num_rows, num_cols = q_BRHD.shape[1] - c_q + 1, k_BCKD.shape[1] - c_k + 1
     group = q_BRHD.shape[2] // k_BCKD.shape[2]
@@ -135,8 +137,6 @@ def _wide_operands(q_BRHD, k_BCKD, theta_HQK):
     k = jnp.swapaxes(jnp.repeat(k_BCKD.astype(jnp.float32), group, axis=2), 1, 2)
     q_taps = [q[:, :, a : a + num_rows, None] for a in range(c_q)]  # b h r 1 d
     k_taps = [k[:, :, b : b + num_cols, None] for b in range(c_k)]
-    # widen_taps reads [B, L, H, D]: here L = (h, r) and H = 1 does not fit theta's heads,
-    # so the weighted sums are written out in this layout
     theta = theta_HQK.astype(jnp.float32)
     if c_q <= c_k:
         wide_q = q_taps

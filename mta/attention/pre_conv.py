@@ -55,24 +55,19 @@ def conv_logits(
     k_pad = jnp.pad(k, ((0, 0), (r, r + num_cols - num_k), (0, 0), (0, 0)))
     q_taps = [q_pad[:, a : a + num_q] for a in range(c_q)]
     k_taps = [k_pad[:, b : b + num_cols] for b in range(c_k)]
-    wide_q, wide_k = widen_taps(q_taps, k_taps, theta)
-    full_BHTS = jnp.einsum("bthd,bshd->bhts", wide_q, wide_k, preferred_element_type=jnp.float32)
-    return _with_exact_band(full_BHTS, q, k, theta, num_k - num_q)
-
-
-def widen_taps(q_taps: list, k_taps: list, theta_HQK: jax.Array):
-    """The widened operands of the conv as one matmul: q_taps[a] [B, R, H, D] (query row
-    i - (c_q-1) + a for output row i), k_taps[b] [B, C, H, D] (key j - r + b for output column
-    j) -> (wide_q [B, R, H, n D], wide_k [B, C, H, n D]), n = min(c_q, c_k), with
-    wide_q wide_k^T = sum_{a,b} theta[a, b] q_taps[a] k_taps[b]^T (unmasked)."""
-    c_q, c_k = theta_HQK.shape[1:]
     if c_q <= c_k:  # query taps plain, key taps weighted: widen by c_q
         wide_q = q_taps
-        wide_k = [_weighted(k_taps, theta_HQK[:, a, :]) for a in range(c_q)]
+        wide_k = [_weighted(k_taps, theta[:, a, :]) for a in range(c_q)]
     else:  # key taps plain, query taps weighted: widen by c_k
-        wide_q = [_weighted(q_taps, theta_HQK[:, :, b]) for b in range(c_k)]
+        wide_q = [_weighted(q_taps, theta[:, :, b]) for b in range(c_k)]
         wide_k = k_taps
-    return jnp.concatenate(wide_q, axis=-1), jnp.concatenate(wide_k, axis=-1)
+    full_BHTS = jnp.einsum(
+        "bthd,bshd->bhts",
+        jnp.concatenate(wide_q, axis=-1),
+        jnp.concatenate(wide_k, axis=-1),
+        preferred_element_type=jnp.float32,
+    )
+    return _with_exact_band(full_BHTS, q, k, theta, num_k - num_q)
 
 
 def _weighted(taps: list, theta_HN: jax.Array) -> jax.Array:
