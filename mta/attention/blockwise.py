@@ -1,59 +1,47 @@
 """Multi-Token Attention, blockwise: the contract and results of mta.multi_token_attention in
-O(T * block) memory, forward and backward (impl="blockwise"). See docs/mta.md and reference.py.
+O(T) memory, forward and backward (impl="blockwise"). See docs/mta.md and reference.py.
 
     A = mask_0(mix_post(conv_post(softmax(mask_-inf(mix_pre(conv_pre(mask_0(q k^T / sqrt(D))))))))
     out = A v
 
-The T x S matrices are never built. Queries are cut into blocks of block_q rows, keys into blocks
-of block_k columns (both padded internally), and every quantity is computed one tile at a time,
-each tile with the halo its convolutions read:
+No T x S matrix is built. Queries are cut into blocks of block_q rows, keys into blocks of
+block_k columns (both padded internally; sizes per backend, blockwise_plan.BLOCKS):
 
-- pre tile (queries i0.., keys j0..): logits of c_q - 1 extra query rows above and (c_k - 1) / 2
-  extra key columns each side, zero-masked (causal + document + out of range), pre conv (valid),
-  head mixing (all heads are in the tile), then the -inf mask;
-- pass 1 (row statistics): per query block, an online max / sum of exp over its key blocks, kept
-  for every row ([B, H, T]: the post conv needs the statistics of rows above a block too);
-- pass 2 (output): per tile, the normalised probabilities of c_q' - 1 rows above and
-  (c_k' - 1) / 2 columns each side (pre tiles with a double halo), post conv, post mixing,
-  mask_0, then tile @ V accumulated over key blocks.
+- a pre tile (blockwise_tiles.pre_tile) holds mix_pre(conv_pre(mask_0(logits))) for a block of
+  queries x keys. Off the causal band (no output reads a masked logit) it is one matmul of
+  widened q and k (the identity of pre_conv.py: min(c_q, c_k) x the head dim); on the band, or
+  where a tile meets a document boundary, the zero-masked logits are convolved (exact both ways);
+- a row strip (blockwise_strip.py) holds the pre tiles of one query block and the c_q' - 1 rows
+  above it (the post conv's halo) for every key block up to the causal limit:
+  [B, H, block_q + c_q' - 1, S + 2 r'], O(T) memory. The softmax statistics come from the strip
+  as it is filled, and the output tiles read their probabilities (with the post conv's halo of
+  rows above and r' columns each side) from it: no second pass over the logits.
 
-Key blocks that causality leaves entirely masked are skipped (document masks are not used to skip:
-ids need not be contiguous). Documents (segment_ids) follow the dense rule of conv.py: a query-axis
-tap never reads a row of another document.
+Pre tiles computed (each query block's tiles up to the causal limit): forward 1 per tile,
+backward 2 per tile (the strip again, then once more for the VJP that pulls dY back to q, k and
+the pre kernels: blockwise_tiles.pre_tile_grads), over block_q + c_q' - 1 rows in the strips and
+block_q in the VJP.
 
-Backward (jax.custom_vjp): the saved residuals are the inputs and the row statistics (m, l), so
-the backward also needs O(T * block) memory. Query blocks are visited last to first; for each, a
-loop over its key blocks takes the VJP of the pass-2 tile (recomputed) w.r.t. q, k, v, the kernels
-and the row sums l of its rows and halo rows. Rows of a block appear only in the halos of later
-blocks, so after that loop their dl is complete, and a second loop adds the gradient through l
-(dl_i * d l_i: a VJP of sum_ij dl_i exp(x_ij - m_i) over the pre tiles). The row maxima m are
-constants (the output does not depend on them). Forward-mode autodiff (jvp) is not defined.
+Backward (jax.custom_vjp; residuals: the inputs and the strips' statistics), query blocks last
+to first: refill the strip; per output tile the VJP of the post part (post conv, post mixing,
+mask_0, A v) w.r.t. the probabilities, v and the post kernels, accumulated into a strip of dP
+(rows of block qb + 1's halo were added when it was done, so after the loop the block's own rows
+are complete); delta_i = sum_j P_ij dP_ij; dY = P (dP - delta); the pre tiles' VJP of dY.
+Forward-mode autodiff (jvp) is not defined.
 """
 
 from functools import partial
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from einops import rearrange
 from jax import lax
 
-from mta.attention.blockwise_tiles import (
-    Blocks,
-    Plan,
-    add_at,
-    dynamic_slice,
-    exp_tile,
-    out_tile,
-    pad_axis,
-    padded_inputs,
-    pre_tile,
-)
+from mta.attention.blockwise_backward import backward
+from mta.attention.blockwise_plan import Blocks, Plan, default_blocks, padded_inputs
+from mta.attention.blockwise_strip import empty_strip, logit_strip, strip_probs
+from mta.attention.blockwise_tiles import out_tile
 from mta.attention.core import check_heads, check_segments
 from mta.attention.kernels import KernelSpec
-
-BLOCK_Q = 128
-BLOCK_K = 128
 
 
 def multi_token_attention_blockwise(
@@ -66,15 +54,16 @@ def multi_token_attention_blockwise(
     head_post=None,
     segment_ids=None,
     *,
-    block_q: int = BLOCK_Q,
-    block_k: int = BLOCK_K,
+    block_q: int | None = None,
+    block_k: int | None = None,
     tuned: bool = False,
 ) -> jax.Array:
     """Blockwise MTA: q [B,T,H,D], k/v [B,S,K,D] (K divides H) -> [B,T,H,D] (v's dtype).
 
     Same arguments and result as the reference (mta/attention/reference.py), including a 5-D
-    head_pre (the full 3-D pre conv); block_q / block_k need not divide T / S. Memory is
-    O(B * H * block_q * block_k) per tile plus O(B * T * H * D), forward and backward.
+    head_pre (the full 3-D pre conv); block_q / block_k (default: per backend, see
+    blockwise_plan.BLOCKS) need not divide T / S. Memory is O(B * H * (block_q + c_q') * S)
+    for a row strip plus O(B * T * H * D), forward and backward.
     tuned: the tiles' convolutions and mixing use the hand-written VJPs of conv.py.
     """
     given = dict(kq_pre=kq_pre, head_pre=head_pre, kq_post=kq_post, head_post=head_post)
@@ -86,6 +75,9 @@ def multi_token_attention_blockwise(
     if q.shape[1] > k.shape[1]:
         raise ValueError(f"queries are the last T of S keys: T={q.shape[1]} > S={k.shape[1]}")
     check_segments(segment_ids, q.shape, k.shape)
+    default_q, default_k = default_blocks()
+    block_q = default_q if block_q is None else block_q
+    block_k = default_k if block_k is None else block_k
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block sizes must be positive, got block_q={block_q}, block_k={block_k}")
     num_t, num_s = q.shape[1], k.shape[1]
@@ -93,68 +85,37 @@ def multi_token_attention_blockwise(
     return _attend(plan, q, k, v, kernels, segment_ids)
 
 
-# --- forward ---------------------------------------------------------------------------------
-
-
-def _row_stats(plan: Plan, kernels, blocks: Blocks):
-    """Pass 1: row max m and sum l of exp(x - m) for every query: [B, H, num_qb * block_q] each.
-
-    Rows without an allowed key (padding) get m = 0, l = 1.
-    """
-
-    def block_stats(qb):
-        def step(kb, carry):  # online max / sum over key blocks
-            m_BHR, l_BHR = carry
-            q, k, segs, row0, col0 = blocks.pre_tile_args(qb, kb)
-            y_BHRC, allowed = pre_tile(plan, kernels, q, k, row0, col0, *segs)
-            x_BHRC = jnp.where(allowed, y_BHRC, -jnp.inf)
-            m_new = jnp.maximum(m_BHR, x_BHRC.max(axis=-1))
-            shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-            l_new = l_BHR * jnp.exp(m_BHR - shift) + jnp.exp(x_BHRC - shift[..., None]).sum(-1)
-            return m_new, l_new
-
-        batch, heads = blocks.q_pad.shape[0], blocks.q_pad.shape[2]
-        init = (
-            jnp.full((batch, heads, plan.block_q), -jnp.inf),
-            jnp.zeros((batch, heads, plan.block_q)),
-        )
-        m_BHR, l_BHR = lax.fori_loop(0, plan.key_blocks(qb), step, init)
-        return jnp.where(jnp.isfinite(m_BHR), m_BHR, 0.0), jnp.where(l_BHR > 0, l_BHR, 1.0)
-
-    m_NBHR, l_NBHR = lax.map(block_stats, jnp.arange(plan.num_qb))
-    return tuple(rearrange(x, "n b h r -> b h (n r)") for x in (m_NBHR, l_NBHR))
-
-
-def _stats_padded(plan: Plan, m_BHT, l_BHT):
-    """Stats with c_q' - 1 rows on top (m = 0, l = 1): padded row i + c_q' - 1 is query i."""
-    top = plan.post_cq - 1
-    return pad_axis(m_BHT, 2, top, 0, 0.0), pad_axis(l_BHT, 2, top, 0, 1.0)
-
-
 def _forward(plan: Plan, q, k, v, kernels, segment_ids):
-    """Both passes: -> out [B, T, H, D] (v's dtype), padded stats (m, l) [B, H, c_q'-1 + T_pad]."""
+    """-> out [B, T, H, D] (v's dtype), the strips' statistics (m, l) [num_qb, B, H, strip_rows]."""
     blocks = Blocks(plan, padded_inputs(plan, q, k, v, segment_ids))
-    m_BHT, l_BHT = _stats_padded(plan, *_row_stats(plan, kernels, blocks))
-    rows = plan.block_q + plan.post_cq - 1
+    batch, heads, dim = q.shape[0], q.shape[2], q.shape[3]
 
-    def block_out(qb):
-        m_BHR = dynamic_slice(m_BHT, qb * plan.block_q, rows, 2)
-        l_BHR = dynamic_slice(l_BHT, qb * plan.block_q, rows, 2)
+    def block(qb, carry):
+        strip, out, m_all, l_all = carry
+        strip, (m_BHR, l_BHR) = logit_strip(plan, kernels, blocks, qb, strip, with_stats=True)
 
         def step(kb, acc_BRHD):
-            q_t, k_t, v_t, segs, row0, col0 = blocks.out_tile_args(qb, kb)
-            tile = out_tile(plan, kernels, q_t, k_t, v_t, m_BHR, l_BHR, row0, col0, segs)
-            return acc_BRHD + tile
+            p_BHRC, allowed_out, seg_rows, v_t = strip_probs(
+                plan, blocks, qb, kb, strip, m_BHR, l_BHR
+            )
+            return acc_BRHD + out_tile(plan, kernels, p_BHRC, allowed_out, seg_rows, v_t)
 
-        acc = jnp.zeros((q.shape[0], plan.block_q, q.shape[2], q.shape[3]), jnp.float32)
-        return lax.fori_loop(0, plan.key_blocks(qb), step, acc)
+        acc = jnp.zeros((batch, plan.block_q, heads, dim), jnp.float32)
+        acc = lax.fori_loop(0, plan.key_blocks(qb), step, acc)
+        out = lax.dynamic_update_slice_in_dim(out, acc, qb * plan.block_q, 1)
+        m_all = lax.dynamic_update_index_in_dim(m_all, m_BHR, qb, 0)
+        l_all = lax.dynamic_update_index_in_dim(l_all, l_BHR, qb, 0)
+        return strip, out, m_all, l_all
 
-    out_NBRHD = lax.map(block_out, jnp.arange(plan.num_qb))
-    out_BTHD = rearrange(out_NBRHD, "n b r h d -> b (n r) h d")[:, : plan.num_t]
-    return out_BTHD.astype(v.dtype), (m_BHT, l_BHT)
-
-
-# --- custom VJP ------------------------------------------------------------------------------
+    stats_shape = (plan.num_qb, batch, heads, plan.strip_rows)
+    init = (
+        empty_strip(plan, batch, heads),
+        jnp.zeros((batch, plan.num_qb * plan.block_q, heads, dim), jnp.float32),
+        jnp.zeros(stats_shape, jnp.float32),
+        jnp.ones(stats_shape, jnp.float32),
+    )
+    _, out, m_all, l_all = lax.fori_loop(0, plan.num_qb, block, init)
+    return out[:, : plan.num_t].astype(v.dtype), (m_all, l_all)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -167,93 +128,4 @@ def _attend_fwd(plan: Plan, q, k, v, kernels, segment_ids):
     return out, (q, k, v, kernels, segment_ids, stats)
 
 
-class _Grads(NamedTuple):
-    """Backward accumulators (float32): dq, dk, dv in the layouts of padded_inputs, d kernels,
-    and dl, the gradient w.r.t. the row sums l, laid out like the padded stats."""
-
-    dq: jax.Array
-    dk: jax.Array
-    dv: jax.Array
-    d_kernels: dict
-    dl: jax.Array
-
-
-def _attend_bwd(plan: Plan, residuals, d_out_BTHD):
-    """Gradients w.r.t. q, k, v and the kernels, recomputing tiles; None for segment_ids."""
-    q, k, v, kernels, segment_ids, (m_BHT, l_BHT) = residuals
-    inputs = padded_inputs(plan, q, k, v, segment_ids)
-    blocks = Blocks(plan, inputs)
-    zeros = partial(jax.tree.map, lambda x: jnp.zeros(x.shape, jnp.float32))
-    grads = _Grads(*zeros((inputs[0], inputs[1], inputs[2], kernels, l_BHT)))
-    # d out: b t h d -> b (n r) h d, zero rows below T
-    d_out = pad_axis(d_out_BTHD.astype(jnp.float32), 1, 0, plan.num_qb * plan.block_q - plan.num_t)
-    step = partial(_backward_block, plan, kernels, blocks, d_out, m_BHT, l_BHT)
-    grads = lax.fori_loop(0, plan.num_qb, lambda it, g: step(plan.num_qb - 1 - it, g), grads)
-    dq = grads.dq[:, plan.rows_above : plan.rows_above + plan.num_t].astype(q.dtype)
-    dk = grads.dk[:, plan.cols_side : plan.cols_side + plan.num_s].astype(k.dtype)
-    dv = grads.dv[:, plan.cols_side : plan.cols_side + plan.num_s].astype(v.dtype)
-    d_kernels = jax.tree.map(lambda g, x: g.astype(x.dtype), grads.d_kernels, kernels)
-    return dq, dk, dv, d_kernels, None
-
-
-def _backward_block(plan: Plan, kernels, blocks, d_out, m_BHT, l_BHT, qb, grads: _Grads):
-    """Adds query block qb's gradients; the blocks after qb must have been done already.
-
-    First the output tiles (q, k, v, kernels, and dl of the block's rows and halo rows), then,
-    with dl of the block's own rows complete, the gradient through those rows' sums l.
-    """
-    rows = plan.block_q + plan.post_cq - 1
-    i0 = qb * plan.block_q
-    m_BHR, l_BHR = dynamic_slice(m_BHT, i0, rows, 2), dynamic_slice(l_BHT, i0, rows, 2)
-    d_out_BRHD = dynamic_slice(d_out, i0, plan.block_q, 1)
-    out_step = partial(_out_tile_grads, plan, kernels, blocks, d_out_BRHD, m_BHR, l_BHR, qb)
-    grads = lax.fori_loop(0, plan.key_blocks(qb), out_step, grads)
-    own = plan.post_cq - 1  # the block's own rows in the [B, H, rows] stats slices
-    dl_BHR = dynamic_slice(grads.dl, i0 + own, plan.block_q, 2)
-    stats_step = partial(_row_sum_grads, plan, kernels, blocks, dl_BHR, m_BHR[..., own:], qb)
-    return lax.fori_loop(0, plan.key_blocks(qb), stats_step, grads)
-
-
-def _out_tile_grads(plan, kernels, blocks, d_out_BRHD, m_BHR, l_BHR, qb, kb, grads: _Grads):
-    """VJP of output tile (qb, kb) w.r.t. q, k, v, kernels and l (m held constant)."""
-    q_t, k_t, v_t, segs, row0, col0 = blocks.out_tile_args(qb, kb)
-
-    def tile(q_t, k_t, v_t, kern, l_BHR):
-        return out_tile(plan, kern, q_t, k_t, v_t, m_BHR, l_BHR, row0, col0, segs)
-
-    _, vjp = jax.vjp(tile, q_t, k_t, v_t, kernels, l_BHR)
-    g_q, g_k, g_v, g_kern, g_l = vjp(d_out_BRHD)
-    i0, j0 = qb * plan.block_q, kb * plan.block_k
-    return _Grads(
-        add_at(grads.dq, i0, g_q, 1),
-        add_at(grads.dk, j0, g_k, 1),
-        add_at(grads.dv, j0 + plan.cols_side, g_v, 1),
-        _add_tree(grads.d_kernels, g_kern),
-        add_at(grads.dl, i0, g_l, 2),
-    )
-
-
-def _row_sum_grads(plan, kernels, blocks, dl_BHR, m_BHR, qb, kb, grads: _Grads):
-    """Gradient through the row sums l_i = sum_j exp(x_ij - m_i) of block qb over key block kb:
-    the VJP of sum_ij dl_i exp(x_ij - m_i) w.r.t. q, k and the pre kernels."""
-    q_t, k_t, segs, row0, col0 = blocks.pre_tile_args(qb, kb)
-
-    def total(q_t, k_t, kern):
-        e_BHRC = exp_tile(plan, kern, q_t, k_t, m_BHR, row0, col0, segs)
-        return jnp.sum(dl_BHR[..., None] * e_BHRC)
-
-    _, vjp = jax.vjp(total, q_t, k_t, kernels)
-    g_q, g_k, g_kern = vjp(jnp.ones((), jnp.float32))
-    i0, j0 = qb * plan.block_q, kb * plan.block_k
-    return grads._replace(
-        dq=add_at(grads.dq, i0 + plan.post_cq - 1, g_q, 1),
-        dk=add_at(grads.dk, j0 + plan.post_r, g_k, 1),
-        d_kernels=_add_tree(grads.d_kernels, g_kern),
-    )
-
-
-def _add_tree(acc, update):
-    return jax.tree.map(lambda a, b: a + b.astype(a.dtype), acc, update)
-
-
-_attend.defvjp(_attend_fwd, _attend_bwd)
+_attend.defvjp(_attend_fwd, backward)

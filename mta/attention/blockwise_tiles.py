@@ -1,91 +1,210 @@
-"""The tiles of blockwise MTA (blockwise.py): their geometry, the pre-softmax and output tiles
-with their halos, and the padded inputs they are sliced from."""
+"""The tile math of blockwise MTA (blockwise.py): pre-softmax logit tiles (the widened q.k
+matmul of pre_conv.py off the causal band, convolved zero-masked logits on it) and the
+post-softmax part of an output tile.
 
-from dataclasses import dataclass
+TILE_COUNTER counts executed pre-softmax logit tiles ("count": pre_tile and pre_tile_grads
+calls; "wide": forward tiles through the widened matmul) when its "enabled" is set before
+tracing; the tests use it to check the counts stated in blockwise.py.
+"""
 
+from functools import partial
+
+import jax
 import jax.numpy as jnp
 from einops import rearrange
 from jax import lax
 
+from mta.attention.blockwise_plan import Plan, allowed_pairs
 from mta.attention.conv import grouped_conv_valid, mix_heads
 from mta.attention.core import attention_logits, weight_values
-from mta.attention.kernels import KernelSpec
+from mta.attention.depthwise import depthwise_conv_flat, flat_sum
+
+TILE_COUNTER = {"enabled": False, "count": 0, "wide": 0}
 
 
-@dataclass(frozen=True)
-class Plan:
-    """Static geometry: sizes, block counts and the halos of the pre and post convolutions."""
-
-    num_t: int
-    num_s: int
-    block_q: int
-    block_k: int
-    spec: KernelSpec
-    tuned: bool  # the conv and mixing VJPs of conv.py (XLA:CPU)
-
-    @property
-    def pre_cq(self) -> int:
-        return self.spec.pre_taps[0]
-
-    @property
-    def post_cq(self) -> int:
-        return self.spec.post_taps[0]
-
-    @property
-    def num_qb(self) -> int:
-        return -(-self.num_t // self.block_q)
-
-    @property
-    def num_kb(self) -> int:
-        return -(-self.num_s // self.block_k)
-
-    @property
-    def pre_r(self) -> int:
-        return self.spec.pre_r
-
-    @property
-    def post_r(self) -> int:
-        return self.spec.post_r
-
-    @property
-    def rows_above(self) -> int:
-        """Query rows above a block that its output reads: (c_q - 1) + (c_q' - 1)."""
-        return self.pre_cq - 1 + self.post_cq - 1
-
-    @property
-    def cols_side(self) -> int:
-        """Key columns each side of a block that its output reads: r + r'."""
-        return self.pre_r + self.post_r
-
-    def key_blocks(self, qb):
-        """Number of key blocks query block qb needs: the rest are causally masked (traced)."""
-        last_key = qb * self.block_q + self.block_q - 1 + self.num_s - self.num_t
-        return jnp.minimum(self.num_kb, last_key // self.block_k + 1)
+def _count_tile(key: str = "count"):
+    TILE_COUNTER[key] += 1
 
 
-def allowed_pairs(plan: Plan, rows_R, cols_C, seg_BR, seg_BC):
-    """Which (query, key) pairs of a tile may interact: [B or 1, 1, R, C] booleans.
+def conv_wide(x_BHRC, kernel_HQK, seg_BR, tuned: bool):
+    """Depthwise MTA conv of a tile with its halo, kept as wide as its input:
+    x [B, H, R + c_q - 1, C] -> [B, H, R, C] float32, where output column j < C - c_k + 1 is
+    sum_{a, b} kernel[h, a, b] x[h, t + a, j + b] (output row t; its own row is input row
+    t + c_q - 1) and later columns are unspecified.
 
-    rows / cols are global query / key indices (may lie outside [0, T) / [0, S): not allowed).
+    The rows are laid end to end (depthwise.depthwise_conv_flat): a 2-D conv whose output a
+    head-mixing dot or the [R, C] view reads ran 5-10x slower on XLA:CPU (the reshape fused
+    into its loop). With seg_BR (ids of the input rows) a tap reads 0 from a row of another
+    document than the output row's: one flat conv per query tap on rows with foreign rows zeroed.
     """
-    inside_R = (rows_R >= 0) & (rows_R < plan.num_t)
-    inside_C = (cols_C >= 0) & (cols_C < plan.num_s)
-    causal_RC = cols_C[None, :] <= rows_R[:, None] + plan.num_s - plan.num_t
-    allowed_RC = causal_RC & inside_R[:, None] & inside_C[None, :]
-    if seg_BR is None:
-        return allowed_RC[None, None]
-    same_doc_BRC = seg_BR[:, :, None] == seg_BC[:, None, :]
-    return (allowed_RC[None] & same_doc_BRC)[:, None]
+    c_q = kernel_HQK.shape[1]
+    num_rows = x_BHRC.shape[2] - (c_q - 1)
+    x_BHRC = lax.optimization_barrier(x_BHRC.astype(jnp.float32))  # not re-evaluated per tap
+    kernel_HQK = kernel_HQK.astype(jnp.float32)
+    if seg_BR is None or c_q == 1:
+        return _conv_flat(x_BHRC, kernel_HQK, tuned)
+    out = 0.0
+    for a in range(c_q):  # rows t + a of output row t, kept if in its document
+        same_doc_BR = seg_BR[:, a : a + num_rows] == seg_BR[:, c_q - 1 :]
+        rows_BHRC = jnp.where(same_doc_BR[:, None, :, None], x_BHRC[:, :, a : a + num_rows], 0.0)
+        out = out + _conv_flat(rows_BHRC, kernel_HQK[:, a : a + 1], tuned)
+    return out
 
 
-def conv_valid(x_BCRS, kernel_OIQK, groups: int, seg_BR, tuned: bool):
-    """MTA conv without padding: x [B, C, R + c_q - 1, S + c_k - 1] -> [B, O, R, S] float32.
+def _conv_flat(x_BHRC, kernel_HQK, tuned: bool):
+    batch, heads, rows_in, cols = x_BHRC.shape
+    c_q, c_k = kernel_HQK.shape[1:]
+    num_rows = rows_in - (c_q - 1)
+    flat_BHL = jnp.pad(x_BHRC.reshape(batch, heads, -1), ((0, 0), (0, 0), (0, c_k - 1)))
+    flat_BHL = lax.optimization_barrier(flat_BHL)  # (and its cotangent, in the backward)
+    if tuned:
+        out_BHL = depthwise_conv_flat(flat_BHL, kernel_HQK, cols, num_rows * cols)
+    else:
+        out_BHL = flat_sum(flat_BHL, kernel_HQK, cols, num_rows * cols)
+    # the flat loop is not fused into a consumer that reads it as [R, C] (div/mod per element)
+    out_BHL = lax.optimization_barrier(out_BHL)
+    return out_BHL.reshape(batch, heads, num_rows, cols)
 
-    Output row t reads input rows t .. t + c_q - 1 (its own row is the last); with seg_BR (ids of
-    the input rows) a tap reads 0 from a row of another document than the output row's, so each
-    query tap a convolves its own row window (foreign rows zeroed) along keys.
-    Depthwise kernels run as shifted multiply-adds, 3-D head kernels through lax (conv.py).
+
+def pre_tile(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC):
+    """Pre-softmax logits of a tile, before the -inf mask.
+
+    q: [B, R + c_q - 1, H, D], global queries row0 ..; k: [B, C + c_k - 1, K, D], keys col0 ..;
+    seg_BR / seg_BC their document ids or None. kernels: kq_pre / head_pre (others ignored).
+    -> y [B, H, R, C] float32 for queries row0 + c_q - 1 .., keys col0 + r ..;
+       allowed [B|1, 1, R, C] (y is unspecified where not allowed).
     """
+    if TILE_COUNTER["enabled"]:
+        jax.debug.callback(_count_tile)
+    return _pre_tile(plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC)
+
+
+def _pre_tile(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC):
+    rows_R = row0 + jnp.arange(q_BRHD.shape[1])
+    cols_C = col0 + jnp.arange(k_BCKD.shape[1])
+    allowed_in = allowed_pairs(plan, rows_R, cols_C, seg_BR, seg_BC)
+    r = plan.pre_r
+    allowed = allowed_in[..., plan.pre_cq - 1 :, r : allowed_in.shape[-1] - r]
+    head_pre = kernels.get("head_pre")
+    if not plan.spec.pre_conv:  # nothing reads a neighbour: the mask comes after
+        y_BHRC = attention_logits(q_BRHD, k_BCKD)
+    elif plan.spec.head_pre == "conv3d":
+        y_BHRC = _exact_logits(plan, head_pre, q_BRHD, k_BCKD, allowed_in, seg_BR)
+    else:
+        clean = _off_band(plan, row0, col0, k_BCKD.shape[1], seg_BR, seg_BC)
+        args = (kernels["kq_pre"], q_BRHD, k_BCKD, allowed_in, seg_BR)
+        y_BHRC = lax.cond(clean, partial(_wide_logits, plan), partial(_exact_logits, plan), *args)
+    if head_pre is not None and head_pre.ndim in (2, 3):  # b h r c, (h h | n i o) -> b h r c
+        y_BHRC = mix_heads(y_BHRC, head_pre, plan.tuned)
+    return y_BHRC, allowed
+
+
+def _off_band(plan: Plan, row0, col0, num_cols: int, seg_BR, seg_BC):
+    """True when no output of the tile reads a zero-masked logit: every output is at least
+    plan.band diagonals below the causal boundary and (with documents) every query row and
+    key column the tile reads is in one document, in every batch row."""
+    first_row = row0 + plan.pre_cq - 1
+    last_col = col0 + num_cols - 1 - plan.pre_r
+    clean = first_row + plan.num_s - plan.num_t - last_col >= plan.band
+    if seg_BR is not None:
+        doc_B1 = seg_BR[:, -1:]
+        clean = clean & jnp.all(seg_BR == doc_B1) & jnp.all(seg_BC == doc_B1)
+    return clean
+
+
+def _wide_logits(plan: Plan, theta_HQK, q_BRHD, k_BCKD, allowed_in, seg_BR):
+    """conv_pre(q k^T / sqrt(D)) as ONE matmul over a widened head dim (pre_conv.py): exact
+    where no tap reads a masked logit (the caller checks that). -> [B, H, R, C] float32."""
+    del allowed_in, seg_BR  # the same operands as _exact_logits (lax.cond)
+    if TILE_COUNTER["enabled"]:
+        jax.debug.callback(partial(_count_tile, "wide"))
+    wide_q, wide_k = _wide_operands(q_BRHD, k_BCKD, theta_HQK)
+    # b h r (n d), b h c (n d) -> b h r c
+    return jnp.einsum("bhrd,bhcd->bhrc", wide_q, wide_k, preferred_element_type=jnp.float32)
+
+
+def _wide_operands(q_BRHD, k_BCKD, theta_HQK):
+    """(wide_q [B, H, R, n D], wide_k [B, H, C, n D]), n = min(c_q, c_k), with
+    wide_q wide_k^T = sum_{a,b} theta[a, b] q_taps[a] k_taps[b]^T (pre_conv.py's identity,
+    unmasked): the plain taps of the shorter kernel side, the other side's taps weighted.
+    Head major: in pre_conv's [B, R, H, n D] layout XLA:CPU copied them into this one several
+    times per tile in the backward."""
+    c_q, c_k = theta_HQK.shape[1:]
+    num_rows, num_cols = q_BRHD.shape[1] - c_q + 1, k_BCKD.shape[1] - c_k + 1
+    group = q_BRHD.shape[2] // k_BCKD.shape[2]
+    # b r h d -> b h r d (small: one tile's rows)
+    q = jnp.swapaxes(q_BRHD.astype(jnp.float32) * q_BRHD.shape[-1] ** -0.5, 1, 2)
+    k = jnp.swapaxes(jnp.repeat(k_BCKD.astype(jnp.float32), group, axis=2), 1, 2)
+    q_taps = [q[:, :, a : a + num_rows, None] for a in range(c_q)]  # b h r 1 d
+    k_taps = [k[:, :, b : b + num_cols, None] for b in range(c_k)]
+    theta = theta_HQK.astype(jnp.float32)
+    if c_q <= c_k:
+        wide_q = q_taps
+        wide_k = [
+            sum(theta[None, :, a, b, None, None, None] * k_taps[b] for b in range(c_k))
+            for a in range(c_q)
+        ]
+    else:
+        wide_q = [
+            sum(theta[None, :, a, b, None, None, None] * q_taps[a] for a in range(c_q))
+            for b in range(c_k)
+        ]
+        wide_k = k_taps
+    return tuple(
+        jnp.concatenate(w, axis=3).reshape(w[0].shape[:3] + (-1,)) for w in (wide_q, wide_k)
+    )
+
+
+def pre_tile_grads(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC, dy_BHRC):
+    """The VJP of pre_tile (same arguments; kernels: kq_pre / head_pre only) at dy [B, H, R, C]
+    -> (dq, dk, d kernels). Off the band, the widened matmul's VJP is written out (with the
+    operands in head-major order; autodiff of the tile ran ~4x slower on XLA:CPU)."""
+    if TILE_COUNTER["enabled"]:
+        jax.debug.callback(_count_tile)
+
+    def autodiff(q_t, k_t, kern, dy_BHRC):
+        def tile(q_t, k_t, kern):
+            return _pre_tile(plan, kern, q_t, k_t, row0, col0, seg_BR, seg_BC)
+
+        _, vjp, _ = jax.vjp(tile, q_t, k_t, kern, has_aux=True)
+        return vjp(dy_BHRC)
+
+    args = (q_BRHD, k_BCKD, kernels, dy_BHRC)
+    if not plan.spec.pre_conv or plan.spec.head_pre == "conv3d":
+        return autodiff(*args)
+    clean = _off_band(plan, row0, col0, k_BCKD.shape[1], seg_BR, seg_BC)
+    return lax.cond(clean, partial(_wide_grads, plan), autodiff, *args)
+
+
+def _wide_grads(plan: Plan, q_BRHD, k_BCKD, kernels, dy_BHRC):
+    (wide_q, wide_k), operands_vjp = jax.vjp(_wide_operands, q_BRHD, k_BCKD, kernels["kq_pre"])
+    grads = {}
+    d_f_BHRC = dy_BHRC
+    if "head_pre" in kernels:  # mixing's weight gradient needs the unmixed logits
+        f_BHRC = jnp.einsum("bhrd,bhcd->bhrc", wide_q, wide_k, preferred_element_type=jnp.float32)
+        _, mix_vjp = jax.vjp(partial(mix_heads, tuned=plan.tuned), f_BHRC, kernels["head_pre"])
+        d_f_BHRC, grads["head_pre"] = mix_vjp(dy_BHRC)
+    d_wide_q = jnp.einsum("bhrc,bhcd->bhrd", d_f_BHRC, wide_k)
+    d_wide_k = jnp.einsum("bhrc,bhrd->bhcd", d_f_BHRC, wide_q)
+    d_q, d_k, grads["kq_pre"] = operands_vjp((d_wide_q, d_wide_k))
+    return d_q, d_k, grads
+
+
+def _exact_logits(plan: Plan, kernel, q_BRHD, k_BCKD, allowed_in, seg_BR):
+    """conv_pre(mask_0(q k^T / sqrt(D))) by convolving the zero-masked logit tile: exact on
+    the causal band and across documents. kernel: kq_pre [H, c_q, c_k] or a 3-D head_pre."""
+    x_BHRC = jnp.where(allowed_in, attention_logits(q_BRHD, k_BCKD), 0.0)
+    num_cols = x_BHRC.shape[3] - kernel.shape[-1] + 1
+    if kernel.ndim == 3:  # depthwise
+        return conv_wide(x_BHRC, kernel, seg_BR, plan.tuned)[..., :num_cols]
+    kernel_OIQK = rearrange(kernel, "n i o q k -> (n o) i q k").astype(jnp.float32)
+    x_BHRC = lax.optimization_barrier(x_BHRC)  # not re-evaluated per tap
+    return _conv3d_valid(x_BHRC, kernel_OIQK, kernel.shape[0], seg_BR, plan.tuned)
+
+
+def _conv3d_valid(x_BCRS, kernel_OIQK, groups: int, seg_BR, tuned: bool):
+    """The 3-D pre conv without padding (lax's grouped conv): x [B, C, R + c_q - 1, S + c_k - 1]
+    -> [B, O, R, S]; with seg_BR a query tap reads 0 from a row of another document."""
     c_q = kernel_OIQK.shape[2]
     if seg_BR is None or c_q == 1:
         return grouped_conv_valid(x_BCRS, kernel_OIQK, groups, tuned)
@@ -98,132 +217,23 @@ def conv_valid(x_BCRS, kernel_OIQK, groups: int, seg_BR, tuned: bool):
     return out
 
 
-def pre_tile(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC):
-    """Pre-softmax logits of a tile, before the -inf mask.
+def probabilities(y_BHRC, allowed, m_BHR, l_BHR):
+    """softmax with known row statistics: exp(y - m) / l, exactly 0 where not allowed."""
+    return jnp.exp(jnp.where(allowed, y_BHRC - m_BHR[..., None], -jnp.inf)) / l_BHR[..., None]
 
-    q: [B, R + c_q - 1, H, D], queries row0 .. (global, may start above 0);
-    k: [B, C + c_k - 1, K, D], keys col0 ..; seg_BR / seg_BC their document ids or None.
-    -> y [B, H, R, C] float32 for queries row0 + c_q - 1 .., keys col0 + r ..; allowed [B|1,1,R,C].
+
+def out_tile(plan: Plan, kernels, p_BHRC, allowed_out, seg_rows, v_BCKD):
+    """An output tile from probabilities with the post halo, kept C = block_k + 2 r' wide.
+
+    p: [B, H, block_q + c_q' - 1, C] (rows from c_q' - 1 above the block, columns from r' left
+    of it); allowed_out: [B|1, 1, block_q, C], output column j is key j0 + j (False from
+    block_k on); seg_rows: ids of p's rows or None; v: [B, C, K, D], keys j0 ...
+    -> mask_0(mix_post(conv_post(p))) v: [B, block_q, H, D] float32.
     """
-    rows_R = row0 + jnp.arange(q_BRHD.shape[1])
-    cols_C = col0 + jnp.arange(k_BCKD.shape[1])
-    allowed = allowed_pairs(plan, rows_R, cols_C, seg_BR, seg_BC)
-    # logits, mask_0: b r h d, b c k d -> b h r c
-    x_BHRC = jnp.where(allowed, attention_logits(q_BRHD, k_BCKD), 0.0)
-    head_pre = kernels.get("head_pre")
-    if "kq_pre" in kernels:  # depthwise: h q k -> h 1 q k
-        kernel_OIQK = rearrange(kernels["kq_pre"], "h q k -> h 1 q k").astype(jnp.float32)
-        x_BHRC = conv_valid(x_BHRC, kernel_OIQK, x_BHRC.shape[1], seg_BR, plan.tuned)
-    elif head_pre is not None and head_pre.ndim == 5:  # 3-D conv: n i o q k -> (n o) i q k
-        kernel_OIQK = rearrange(head_pre, "n i o q k -> (n o) i q k").astype(jnp.float32)
-        x_BHRC = conv_valid(x_BHRC, kernel_OIQK, head_pre.shape[0], seg_BR, plan.tuned)
-    if head_pre is not None and head_pre.ndim in (2, 3):  # b h r c, (h h | n i o) -> b h r c
-        x_BHRC = mix_heads(x_BHRC, head_pre, plan.tuned)
-    allowed = allowed[..., plan.pre_cq - 1 :, plan.pre_r : allowed.shape[-1] - plan.pre_r]
-    return x_BHRC, allowed
-
-
-def out_tile(plan: Plan, kernels, q_BRHD, k_BCKD, v_BCKD, m_BHR, l_BHR, row0, col0, segs):
-    """One output tile: queries row0 + rows_above .. (block_q of them), keys col0 + cols_side ...
-
-    q: [B, block_q + rows_above, H, D]; k: [B, block_k + 2 cols_side, K, D]; v: [B, block_k, K, D];
-    m, l: [B, H, block_q + c_q' - 1] row max / sum of the probability rows the post conv reads;
-    segs: (seg_BR, seg_BC) of q's rows and k's columns, or (None, None).
-    -> A[rows, cols] @ v[cols]: [B, block_q, H, D] float32.
-    """
-    seg_BR, seg_BC = segs
-    y_BHRC, allowed = pre_tile(plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC)
-    # softmax with known statistics: exp(y - m) / l, exactly 0 where masked
-    p_BHRC = jnp.exp(jnp.where(allowed, y_BHRC - m_BHR[..., None], -jnp.inf)) / l_BHR[..., None]
-    if "kq_post" in kernels:  # post conv on the probabilities (rows of this block only)
-        kernel_OIQK = rearrange(kernels["kq_post"], "h q k -> h 1 q k").astype(jnp.float32)
-        seg_post = None if seg_BR is None else seg_BR[:, plan.pre_cq - 1 :]
-        p_BHRC = conv_valid(p_BHRC, kernel_OIQK, p_BHRC.shape[1], seg_post, plan.tuned)
+    if "kq_post" in kernels:  # post conv on the probabilities (rows of this strip only)
+        p_BHRC = conv_wide(p_BHRC, kernels["kq_post"], seg_rows, plan.tuned)
     if "head_post" in kernels:  # b (n i) r c, n i o -> b (n o) r c
         p_BHRC = mix_heads(p_BHRC, kernels["head_post"], plan.tuned)
-    r = plan.post_r
-    allowed = allowed[..., plan.post_cq - 1 :, r : allowed.shape[-1] - r]
-    a_BHRC = jnp.where(allowed, p_BHRC, 0.0)  # mask_0 after the post conv
+    a_BHRC = jnp.where(allowed_out, p_BHRC, 0.0)  # mask_0 after the post conv
     # A v: b h r c, b c k d -> b r h d
     return weight_values(a_BHRC, v_BCKD.astype(jnp.float32))
-
-
-def exp_tile(plan: Plan, kernels, q_BRHD, k_BCKD, m_BHR, row0, col0, segs):
-    """exp(x - m) of a pre tile with x = mask_-inf(y): [B, H, block_q, block_k] float32.
-
-    q: [B, block_q + c_q - 1, H, D]; k: [B, block_k + c_k - 1, K, D]; m: [B, H, block_q].
-    """
-    y_BHRC, allowed = pre_tile(plan, kernels, q_BRHD, k_BCKD, row0, col0, *segs)
-    return jnp.exp(jnp.where(allowed, y_BHRC - m_BHR[..., None], -jnp.inf))
-
-
-# --- slicing helpers -------------------------------------------------------------------------
-
-
-def dynamic_slice(x, start, size: int, axis: int):
-    return lax.dynamic_slice_in_dim(x, start, size, axis)
-
-
-def add_at(buf, start, update, axis: int):
-    """buf[..., start : start + n, ...] += update along axis (n = update.shape[axis])."""
-    current = lax.dynamic_slice_in_dim(buf, start, update.shape[axis], axis)
-    return lax.dynamic_update_slice_in_dim(buf, current + update.astype(buf.dtype), start, axis)
-
-
-def pad_axis(x, axis: int, before: int, after: int, value=0):
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (before, after)
-    return jnp.pad(x, widths, constant_values=value)
-
-
-def padded_inputs(plan: Plan, q, k, v, segment_ids):
-    """Inputs padded so every tile slice is in range.
-
-    q rows: rows_above zeros on top, then up to num_qb * block_q: padded row i + rows_above is
-    query i. k, v columns: cols_side on the left, up to num_kb * block_k + cols_side: padded
-    column j + cols_side is key j. Ids pad with -1 (padding is masked by position anyway).
-    """
-    q_tail = plan.num_qb * plan.block_q - plan.num_t
-    k_tail = plan.num_kb * plan.block_k - plan.num_s + plan.cols_side
-    q_pad = pad_axis(q, 1, plan.rows_above, q_tail)
-    k_pad = pad_axis(k, 1, plan.cols_side, k_tail)
-    v_pad = pad_axis(v, 1, plan.cols_side, k_tail)
-    if segment_ids is None:
-        return q_pad, k_pad, v_pad, None, None
-    seg_q = pad_axis(segment_ids, 1, plan.rows_above, q_tail, -1)
-    seg_k = pad_axis(segment_ids, 1, plan.cols_side, k_tail, -1)
-    return q_pad, k_pad, v_pad, seg_q, seg_k
-
-
-def _seg_slice(seg, start, size: int):
-    return None if seg is None else dynamic_slice(seg, start, size, 1)
-
-
-class Blocks:
-    """Tile slices of the padded inputs for query block qb and key block kb (both traced)."""
-
-    def __init__(self, plan: Plan, padded):
-        self.plan = plan
-        self.q_pad, self.k_pad, self.v_pad, self.seg_q, self.seg_k = padded
-
-    def out_tile_args(self, qb, kb):
-        """q, k, v, (seg rows, seg cols), row0, col0 of the output tile (qb, kb)."""
-        p = self.plan
-        i0, j0 = qb * p.block_q, kb * p.block_k
-        rows, cols = p.block_q + p.rows_above, p.block_k + 2 * p.cols_side
-        q = dynamic_slice(self.q_pad, i0, rows, 1)
-        k = dynamic_slice(self.k_pad, j0, cols, 1)
-        v = dynamic_slice(self.v_pad, j0 + p.cols_side, p.block_k, 1)
-        segs = (_seg_slice(self.seg_q, i0, rows), _seg_slice(self.seg_k, j0, cols))
-        return q, k, v, segs, i0 - p.rows_above, j0 - p.cols_side
-
-    def pre_tile_args(self, qb, kb):
-        """q, k, (seg rows, seg cols), row0, col0 of the pre tile (qb, kb) (its own halo only)."""
-        p = self.plan
-        i0, j0 = qb * p.block_q, kb * p.block_k
-        rows, cols = p.block_q + p.pre_cq - 1, p.block_k + 2 * p.pre_r
-        q_start, k_start = i0 + p.post_cq - 1, j0 + p.post_r
-        q = dynamic_slice(self.q_pad, q_start, rows, 1)
-        k = dynamic_slice(self.k_pad, k_start, cols, 1)
-        segs = (_seg_slice(self.seg_q, q_start, rows), _seg_slice(self.seg_k, k_start, cols))
-        return q, k, segs, i0 - (p.pre_cq - 1), j0 - p.pre_r

@@ -65,10 +65,11 @@ def depthwise_conv_flat(x_BHL: jax.Array, kernel_HQK: jax.Array, stride: int, ou
     they use. Why: a consumer that views the map as [.., T * S] (a head-mixing dot) makes XLA
     fuse that reshape into the 2-D loop, which then runs ~4x slower; a flat loop has nothing to
     reshape. -> [B, H, out_len] (x's dtype)."""
-    return _flat_sum(x_BHL, kernel_HQK, stride, out_len)
+    return flat_sum(x_BHL, kernel_HQK, stride, out_len)
 
 
-def _flat_sum(x_BHL, kernel_HQK, stride: int, out_len: int):
+def flat_sum(x_BHL, kernel_HQK, stride: int, out_len: int):
+    """depthwise_conv_flat without its custom VJP (plain autodiff)."""
     _, c_q, c_k = kernel_HQK.shape
     out = jnp.zeros(x_BHL.shape[:2] + (out_len,), x_BHL.dtype)
     for a in range(c_q):
@@ -80,7 +81,7 @@ def _flat_sum(x_BHL, kernel_HQK, stride: int, out_len: int):
 
 
 def _flat_forward(x_BHL, kernel_HQK, stride, out_len):
-    return _flat_sum(x_BHL, kernel_HQK, stride, out_len), (x_BHL, kernel_HQK)
+    return flat_sum(x_BHL, kernel_HQK, stride, out_len), (x_BHL, kernel_HQK)
 
 
 def _flat_backward(stride, out_len, residuals, d_out_BHP):
@@ -89,7 +90,7 @@ def _flat_backward(stride, out_len, residuals, d_out_BHP):
     reach = (c_q - 1) * stride + c_k - 1  # d_x[p] = sum_{a, c} kernel[a, c] d_out[p - a*stride - c]
     tail = max(0, x_BHL.shape[2] - out_len)
     d_out_padded = jnp.pad(d_out_BHP, ((0, 0), (0, 0), (reach, tail)))
-    d_x = _flat_sum(d_out_padded, kernel_HQK[:, ::-1, ::-1], stride, x_BHL.shape[2])
+    d_x = flat_sum(d_out_padded, kernel_HQK[:, ::-1, ::-1], stride, x_BHL.shape[2])
     d_kernel = _kernel_grad_flat(x_BHL, d_out_BHP, stride, c_q, c_k)
     return d_x, d_kernel.astype(kernel_HQK.dtype)
 

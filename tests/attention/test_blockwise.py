@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mta.attention import KernelSpec, choose_impl
+from mta.attention import KernelSpec, blockwise_tiles, choose_impl
 from mta.attention import mta as mta_module
 from mta.attention.blockwise import multi_token_attention_blockwise
 from mta.attention.mta import multi_token_attention
@@ -91,6 +91,16 @@ COMBOS = [
         blocks=(2, 4),
     ),
     Combo("plain_mqa_docs", kv_heads=1, num_t=9, docs=((6, 3),)),
+    # no documents, T = 4 blocks of 5: tiles off the causal band take the widened matmul
+    Combo(
+        "both_linear_grouped_wide",
+        pre=(3, 5),
+        head_pre="linear",
+        post=(2, 3),
+        head_post=2,
+        num_t=20,
+        blocks=(5, 5),
+    ),
 ]
 
 
@@ -210,16 +220,16 @@ def test_bad_arguments_raise(kwargs, match):
         multi_token_attention_blockwise(q, kv, kv, **kwargs)
 
 
-def test_forward_backward_memory_is_not_quadratic():
-    """Compiled temp memory of out + grads (q, k, v, kernels) at T = 2048: blockwise < dense / 4.
+def test_forward_backward_memory_is_linear_in_t():
+    """Compiled temp memory of out + grads (q, k, v, kernels): at T = 2048 blockwise < dense / 4,
+    and doubling T to 4096 at most ~doubles blockwise's (a T x T array would quadruple it).
 
     Pre and post conv (c_q=3, c_k=5), linear pre and grouped post mixing, H=2, D=8. (The release
-    setting H=8, D=64, c_q=6, c_k=11 measured the same way: 1160 MB dense, 30 MB blockwise.)
+    setting H=8, D=64, c_q=6, c_k=11 at T=2048 measured the same way: 1160 MB dense, 94 MB
+    blockwise, most of it the row strips of 128 + 5 rows x T.)
     """
-    num_t, heads, dim = 2048, 2, 8
+    heads, dim = 2, 8
     rng = np.random.default_rng(1)
-    q = jax.ShapeDtypeStruct((1, num_t, heads, dim), jnp.float32)
-    kv = jax.ShapeDtypeStruct((1, num_t, 1, dim), jnp.float32)
     kernels = {
         "kq_pre": rng.normal(size=(heads, 3, 5)).astype(np.float32),
         "head_pre": rng.normal(size=(heads, heads)).astype(np.float32),
@@ -227,16 +237,48 @@ def test_forward_backward_memory_is_not_quadratic():
         "head_post": rng.normal(size=(1, heads, heads)).astype(np.float32),
     }
 
-    def temp_bytes(attend):
+    def temp_bytes(attend, num_t):
+        q = jax.ShapeDtypeStruct((1, num_t, heads, dim), jnp.float32)
+        kv = jax.ShapeDtypeStruct((1, num_t, 1, dim), jnp.float32)
+
         def loss(q, k, v, kernels):
             return jnp.sum(attend(q, k, v, **kernels) ** 2)
 
         grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
         return grad.lower(q, kv, kv, kernels).compile().memory_analysis().temp_size_in_bytes
 
-    dense = temp_bytes(multi_token_attention)
-    blockwise = temp_bytes(multi_token_attention_blockwise)
-    print(f"temp bytes at T={num_t}: dense {dense}, blockwise {blockwise}")
-    assert dense > 4 * num_t * num_t * heads * 4  # dense holds several [H, T, T] float32 arrays
-    assert blockwise < dense / 4
-    assert blockwise < num_t * num_t * heads * 4 / 4  # not even a quarter of one [H, T, T]
+    dense = temp_bytes(multi_token_attention, 2048)
+    blockwise = {t: temp_bytes(multi_token_attention_blockwise, t) for t in (2048, 4096)}
+    print(f"temp bytes: dense at T=2048 {dense}, blockwise {blockwise}")
+    assert dense > 4 * 2048 * 2048 * heads * 4  # dense holds several [H, T, T] float32 arrays
+    assert blockwise[2048] < dense / 4
+    assert blockwise[4096] < 2.2 * blockwise[2048]
+
+
+def test_tile_counts(monkeypatch):
+    """Pre-softmax logit tiles computed, counted by TILE_COUNTER: once per tile in the forward,
+    twice in the backward (tiles = the (query block, key block) pairs causality needs), some
+    of them through the widened matmul; and the result still equals the reference."""
+    combo = next(c for c in COMBOS if c.name == "both_linear_grouped_wide")
+    q, k, v, kernels, _, cotangent = _inputs(combo)
+    args = {"q": q, "k": k, "v": v, **kernels}
+    counter = {"enabled": True, "count": 0, "wide": 0}
+    monkeypatch.setattr(blockwise_tiles, "TILE_COUNTER", counter)
+    block_q, block_k = 3, 4  # 7 query blocks x 5 key blocks, of which causality needs 23
+    tiles = sum(min(5, (qb * 3 + 2) // 4 + 1) for qb in range(7))
+
+    def attend(**a):
+        return multi_token_attention_blockwise(**a, block_q=block_q, block_k=block_k, tuned=True)
+
+    out = jax.jit(lambda a: attend(**a))(args)
+    jax.effects_barrier()
+    assert (tiles, counter["count"]) == (23, 23)
+    assert 0 < counter["wide"] < tiles  # off the band widened, on it convolved
+    counter.update(count=0, wide=0)
+    grads = jax.jit(lambda a: jax.vjp(lambda a: attend(**a), a)[1](cotangent)[0])(args)
+    jax.effects_barrier()
+    assert counter["count"] == 3 * tiles  # the VJP's forward, then two in the backward
+    want, want_grads = _out_and_grads(multi_token_attention_reference, args, None, cotangent)
+    np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
+    for name in args:
+        np.testing.assert_allclose(grads[name], want_grads[name], rtol=RTOL, atol=ATOL)
