@@ -6,7 +6,9 @@ The parent samples the training process's RSS and open file descriptors (from /p
 step it has logged, and checks, for each of the two processes after its warm-up (`--warmup`
 steps after its first step, when everything is compiled and a few checkpoints were saved):
 
-- RSS grows by less than `--max-rss-growth-mb` (50 MB): newest max minus the first sample;
+- RSS grows by less than `--max-rss-growth-mb` (50 MB): the median of the last quarter of the
+  samples minus the median of the first quarter (RSS saw-tooths by tens of MB around saves and
+  evaluations; a leak moves the whole level, a peak against one sample measures the teeth);
 - open file descriptors stay flat: the fewest open in the second half of the samples is at most
   `--fd-slack` (4) above the fewest in the first half (a save opens files for a while);
 then that the checkpoint directory holds `checkpoint.keep` checkpoints and nothing else, and that
@@ -22,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 from mta.bench.harness import ROOT, Recorder, UserError, load_cfg, resolve_config, rss_bytes
 
@@ -120,7 +124,8 @@ def check(cfg, args, workdir: Path, segments: list[Segment], stop_step: int) -> 
             failures.append(f"process {index}: fewer than 2 samples after warm-up")
             continue
         rss = [s[1] for s in warm]
-        growth.append(max(rss) - rss[0])
+        quarter = max(1, len(rss) // 4)
+        growth.append(float(np.median(rss[-quarter:]) - np.median(rss[:quarter])))
         warm_rss.append(rss[0])
         fds += [s[2] for s in warm]
         half = len(warm) // 2  # files held between saves: the floor of each half
