@@ -132,8 +132,8 @@ def test_dry_run_prints_the_exact_commands(ablate, tiny_overrides, tmp_path, cap
     assert ablate.main(["--sweep", str(sweep), "--root", str(root), "--dry-run", "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)["runs"]
     assert [(r["variant"], r["seed"], r["status"]) for r in runs] == [
-        ("none", 0, "new"), ("none", 1, "new"), ("pre", 0, "new"), ("pre", 1, "new")
-    ]  # fmt: skip
+        ("none", 0, "new"), ("pre", 0, "new"), ("none", 1, "new"), ("pre", 1, "new")
+    ]  # fmt: skip (seed by seed)
     command = runs[3]["command"]
     assert command[1:7] == ["-m", "mta.cli.train", "--config", BASE, "--workdir",
                             str(root / "pre" / "seed1")]  # fmt: skip
