@@ -92,8 +92,8 @@ def test_invalid_sweeps_raise_one_line(sweep, message):
 
 @pytest.mark.parametrize(
     "name, runs, steps",
-    [("pre_vs_post", 12, 3000), ("components", 18, 400), ("variants_lm", 14, 1000), ("cpu_lm", 1, 1000),
-     ("paper_table1", 36, 100_000), ("table1_cpu", 18, 2000)],
+    [("pre_vs_post", 12, 3000), ("components", 18, 400), ("variants_lm", 14, 1000),
+     ("cpu_lm", 1, 1000), ("paper_table1", 36, 100_000), ("table1_cpu", 18, 2000)],
 )  # fmt: skip
 def test_shipped_sweeps_validate(name, runs, steps, tmp_path):
     sweep = load_sweep(ROOT / "configs" / "sweeps" / f"{name}.yaml")
@@ -131,9 +131,9 @@ def test_dry_run_prints_the_exact_commands(ablate, tiny_overrides, tmp_path, cap
     root = tmp_path / "root"
     assert ablate.main(["--sweep", str(sweep), "--root", str(root), "--dry-run", "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)["runs"]
-    assert [(r["variant"], r["seed"], r["status"]) for r in runs] == [
+    assert [(r["variant"], r["seed"], r["status"]) for r in runs] == [  # seed by seed
         ("none", 0, "new"), ("pre", 0, "new"), ("none", 1, "new"), ("pre", 1, "new")
-    ]  # fmt: skip (seed by seed)
+    ]  # fmt: skip
     command = runs[3]["command"]
     assert command[1:7] == ["-m", "mta.cli.train", "--config", BASE, "--workdir",
                             str(root / "pre" / "seed1")]  # fmt: skip
