@@ -18,9 +18,10 @@ block_k columns (both padded internally; sizes per backend, blockwise_plan.BLOCK
   rows above and r' columns each side) from it: no second pass over the logits.
 
 Pre tiles computed (each query block's tiles up to the causal limit): forward 1 per tile,
-backward 2 per tile (the strip again, then once more for the VJP that pulls dY back to q, k and
-the pre kernels: blockwise_tiles.pre_tile_grads), over block_q + c_q' - 1 rows in the strips and
-block_q in the VJP.
+backward 1 per tile (the strip again) plus 1 per band tile, whose VJP (autodiff of the convolved
+tile) recomputes it; off the band blockwise_tiles.pre_tile_grads computes no logits (the widened
+matmul's VJP needs only the widened q and k, the pre mixing's weight gradient reads the unmixed
+logits kept in a second strip during the refill).
 
 Backward (jax.custom_vjp; residuals: the inputs and the strips' statistics), query blocks last
 to first: refill the strip; per output tile the VJP of the post part (post conv, post mixing,
@@ -92,7 +93,7 @@ def _forward(plan: Plan, q, k, v, kernels, segment_ids):
 
     def block(qb, carry):
         strip, out, m_all, l_all = carry
-        strip, (m_BHR, l_BHR) = logit_strip(plan, kernels, blocks, qb, strip, with_stats=True)
+        strip, (m_BHR, l_BHR), _ = logit_strip(plan, kernels, blocks, qb, strip, with_stats=True)
 
         def step(kb, acc_BRHD):
             p_BHRC, allowed_out, seg_rows, v_t = strip_probs(

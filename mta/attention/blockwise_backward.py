@@ -48,14 +48,19 @@ def backward(plan: Plan, residuals, d_out_BTHD):
     # d out: b t h d -> b (n r) h d, zero rows below T
     d_out = pad_axis(d_out_BTHD.astype(jnp.float32), 1, 0, plan.num_qb * plan.block_q - plan.num_t)
 
+    # the pre tiles' VJP reads the unmixed logits (the mixing's weight gradient) from a strip
+    mixing = "head_pre" in pre and pre["head_pre"].ndim in (2, 3)
+    strips = (empty_strip(plan, batch, heads), empty_strip(plan, batch, heads) if mixing else None)
+
     def block(it, state):
         qb = plan.num_qb - 1 - it
-        grads, strip = state
-        strip, _ = logit_strip(plan, pre, blocks, qb, strip, with_stats=False)
+        grads, (strip, unmixed) = state
+        strip, _, unmixed = logit_strip(plan, pre, blocks, qb, strip, False, unmixed)
         stats = (m_all[qb], l_all[qb])
-        return _block_grads(plan, pre, post, blocks, d_out, qb, strip, stats, grads), strip
+        grads = _block_grads(plan, pre, post, blocks, d_out, qb, (strip, unmixed), stats, grads)
+        return grads, (strip, unmixed)
 
-    grads, _ = lax.fori_loop(0, plan.num_qb, block, (grads, empty_strip(plan, batch, heads)))
+    grads, _ = lax.fori_loop(0, plan.num_qb, block, (grads, strips))
     dq = grads.dq[:, plan.rows_above : plan.rows_above + plan.num_t].astype(q.dtype)
     dk = grads.dk[:, plan.cols_side : plan.cols_side + plan.num_s].astype(k.dtype)
     dv = grads.dv[:, plan.cols_side : plan.cols_side + plan.num_s].astype(v.dtype)
@@ -64,8 +69,10 @@ def backward(plan: Plan, residuals, d_out_BTHD):
     return dq, dk, dv, d_kernels, None
 
 
-def _block_grads(plan: Plan, pre, post, blocks, d_out, qb, strip, stats, grads: _Grads):
-    """Adds query block qb's gradients (block qb + 1 done already) from its filled strip."""
+def _block_grads(plan: Plan, pre, post, blocks, d_out, qb, strips, stats, grads: _Grads):
+    """Adds query block qb's gradients (block qb + 1 done already) from its filled strips
+    (the pre tiles, and before the head mixing or None)."""
+    strip, unmixed = strips
     m_BHR, l_BHR = stats
     halo, bk = plan.post_cq - 1, plan.block_k
     num_kb = plan.key_blocks(qb)
@@ -92,15 +99,16 @@ def _block_grads(plan: Plan, pre, post, blocks, d_out, qb, strip, stats, grads: 
     seg_own = None if seg_own is None else seg_own[:, halo:]
     m_own, l_own = m_BHR[..., halo:], l_BHR[..., halo:]
 
+    def own_window(kb):  # one dynamic slice: a static row slice first copies the whole strip
+        return (0, 0, halo, kb * bk + plan.post_r), m_own.shape + (bk,)
+
     def own_tile(kb):  # P and dP of the block's own rows x key block kb
         cols_C = kb * bk + jnp.arange(bk)
         _, seg_cols, _ = blocks.post_cols(kb)
         seg_cols = None if seg_cols is None else seg_cols[:, plan.post_r : plan.post_r + bk]
         allowed = allowed_pairs(plan, own_rows, cols_C, seg_own, seg_cols)
-        # one dynamic slice each: a static row slice first would copy the whole strip
-        start, size = (0, 0, halo, kb * bk + plan.post_r), m_own.shape + (bk,)
-        y_BHRC = lax.dynamic_slice(strip, start, size)
-        dp_BHRC = lax.dynamic_slice(dp, start, size)
+        y_BHRC = lax.dynamic_slice(strip, *own_window(kb))
+        dp_BHRC = lax.dynamic_slice(dp, *own_window(kb))
         return probabilities(y_BHRC, allowed, m_own, l_own), dp_BHRC
 
     def delta_step(kb, delta_BHR):
@@ -115,7 +123,8 @@ def _block_grads(plan: Plan, pre, post, blocks, d_out, qb, strip, stats, grads: 
 
         p_BHRC, dp_BHRC = own_tile(kb)
         dy_BHRC = p_BHRC * (dp_BHRC - delta_BHR[..., None])
-        g_q, g_k, g_kern = pre_tile_grads(plan, pre, q_t, k_t, row0, col0, *segs, dy_BHRC)
+        f_BHRC = None if unmixed is None else lax.dynamic_slice(unmixed, *own_window(kb))
+        g_q, g_k, g_kern = pre_tile_grads(plan, pre, q_t, k_t, row0, col0, *segs, dy_BHRC, f_BHRC)
         dq = add_at(dq, qb * plan.block_q + plan.post_cq - 1, g_q, 1)
         dk = add_at(dk, kb * bk + plan.post_r, g_k, 1)
         return dq, dk, _add_tree(d_pre, g_kern)

@@ -16,36 +16,42 @@ def empty_strip(plan: Plan, batch: int, heads: int, rows: int | None = None):
     return jnp.zeros((batch, heads, rows, plan.strip_cols), jnp.float32)
 
 
-def logit_strip(plan: Plan, kernels, blocks: Blocks, qb, strip, with_stats: bool):
+def logit_strip(plan: Plan, kernels, blocks: Blocks, qb, strip, with_stats: bool, unmixed=None):
     """Writes query block qb's strip: one pre tile per key block (kb < key_blocks(qb)), key j
     at column j + r'. Columns past the causal limit keep stale (finite) values: every reader
-    masks them. -> (strip, (m, l)) with the row max m and sum l of exp(x - m) of the strip's
-    rows [B, H, strip_rows] (m = 0, l = 1 for rows without an allowed key), or (strip, None)."""
+    masks them. unmixed: None, or a strip that gets the tiles before the head mixing.
+    -> (strip, (m, l) or None, unmixed): the row max m and sum l of exp(x - m) of the strip's
+    rows [B, H, strip_rows] (m = 0, l = 1 for rows without an allowed key) with_stats."""
     halo = plan.post_cq - 1
     batch, heads = strip.shape[:2]
 
     def step(kb, carry):
-        strip, m_BHR, l_BHR = carry
+        strip, m_BHR, l_BHR, unmixed = carry
         q_t, k_t, segs, row0, col0 = blocks.pre_args(qb, kb, halo)
-        y_BHRC, allowed = pre_tile(plan, kernels, q_t, k_t, row0, col0, *segs)
-        strip = lax.dynamic_update_slice_in_dim(strip, y_BHRC, kb * plan.block_k + plan.post_r, 3)
+        y_BHRC, allowed, f_BHRC = pre_tile(plan, kernels, q_t, k_t, row0, col0, *segs)
+        col = kb * plan.block_k + plan.post_r
+        strip = lax.dynamic_update_slice_in_dim(strip, y_BHRC, col, 3)
+        if unmixed is not None:
+            unmixed = lax.dynamic_update_slice_in_dim(unmixed, f_BHRC, col, 3)
         if with_stats:  # online max / sum over key blocks
             x_BHRC = jnp.where(allowed, y_BHRC, -jnp.inf)
             m_new = jnp.maximum(m_BHR, x_BHRC.max(axis=-1))
             shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
             l_BHR = l_BHR * jnp.exp(m_BHR - shift) + jnp.exp(x_BHRC - shift[..., None]).sum(-1)
             m_BHR = m_new
-        return strip, m_BHR, l_BHR
+        return strip, m_BHR, l_BHR, unmixed
 
     init = (
         strip,
         jnp.full((batch, heads, plan.strip_rows), -jnp.inf),
         jnp.zeros((batch, heads, plan.strip_rows)),
+        unmixed,
     )
-    strip, m_BHR, l_BHR = lax.fori_loop(0, plan.key_blocks(qb), step, init)
+    strip, m_BHR, l_BHR, unmixed = lax.fori_loop(0, plan.key_blocks(qb), step, init)
     if not with_stats:
-        return strip, None
-    return strip, (jnp.where(jnp.isfinite(m_BHR), m_BHR, 0.0), jnp.where(l_BHR > 0, l_BHR, 1.0))
+        return strip, None, unmixed
+    stats = (jnp.where(jnp.isfinite(m_BHR), m_BHR, 0.0), jnp.where(l_BHR > 0, l_BHR, 1.0))
+    return strip, stats, unmixed
 
 
 def strip_probs(plan: Plan, blocks: Blocks, qb, kb, strip, m_BHR, l_BHR):

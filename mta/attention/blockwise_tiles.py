@@ -2,9 +2,10 @@
 matmul of pre_conv.py off the causal band, convolved zero-masked logits on it) and the
 post-softmax part of an output tile.
 
-TILE_COUNTER counts executed pre-softmax logit tiles ("count": pre_tile and pre_tile_grads
-calls; "wide": forward tiles through the widened matmul) when its "enabled" is set before
-tracing; the tests use it to check the counts stated in blockwise.py.
+TILE_COUNTER counts executed pre-softmax logit tile computations ("count": pre_tile calls and
+the VJPs that recompute the logits, i.e. those on the band; "wide": pre_tile calls through the
+widened matmul) when its "enabled" is set before tracing; the tests use it to check the counts
+stated in blockwise.py.
 """
 
 from functools import partial
@@ -72,7 +73,8 @@ def pre_tile(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC):
     q: [B, R + c_q - 1, H, D], global queries row0 ..; k: [B, C + c_k - 1, K, D], keys col0 ..;
     seg_BR / seg_BC their document ids or None. kernels: kq_pre / head_pre (others ignored).
     -> y [B, H, R, C] float32 for queries row0 + c_q - 1 .., keys col0 + r ..;
-       allowed [B|1, 1, R, C] (y is unspecified where not allowed).
+       allowed [B|1, 1, R, C] (y is unspecified where not allowed);
+       f [B, H, R, C]: y before the head mixing (y itself without mixing).
     """
     if TILE_COUNTER["enabled"]:
         jax.debug.callback(_count_tile)
@@ -94,9 +96,10 @@ def _pre_tile(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC):
         clean = _off_band(plan, row0, col0, k_BCKD.shape[1], seg_BR, seg_BC)
         args = (kernels["kq_pre"], q_BRHD, k_BCKD, allowed_in, seg_BR)
         y_BHRC = lax.cond(clean, partial(_wide_logits, plan), partial(_exact_logits, plan), *args)
+    f_BHRC = y_BHRC
     if head_pre is not None and head_pre.ndim in (2, 3):  # b h r c, (h h | n i o) -> b h r c
-        y_BHRC = mix_heads(y_BHRC, head_pre, plan.tuned)
-    return y_BHRC, allowed
+        y_BHRC = mix_heads(f_BHRC, head_pre, plan.tuned)
+    return y_BHRC, allowed, f_BHRC
 
 
 def _off_band(plan: Plan, row0, col0, num_cols: int, seg_BR, seg_BC):
@@ -155,35 +158,56 @@ def _wide_operands(q_BRHD, k_BCKD, theta_HQK):
     )
 
 
-def pre_tile_grads(plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC, dy_BHRC):
+def pre_tile_grads(
+    plan: Plan, kernels, q_BRHD, k_BCKD, row0, col0, seg_BR, seg_BC, dy_BHRC, f_BHRC
+):
     """The VJP of pre_tile (same arguments; kernels: kq_pre / head_pre only) at dy [B, H, R, C]
-    -> (dq, dk, d kernels). Off the band, the widened matmul's VJP is written out (with the
-    operands in head-major order; autodiff of the tile ran ~4x slower on XLA:CPU)."""
-    if TILE_COUNTER["enabled"]:
-        jax.debug.callback(_count_tile)
+    -> (dq, dk, d kernels); f [B, H, R, C]: pre_tile's unmixed logits of the tile. Off the band
+    the widened matmul's VJP is written out (with the operands in head-major order; autodiff of
+    the tile ran ~4x slower on XLA:CPU) and computes no logits: the mixing's weight gradient
+    reads f. On the band, autodiff computes the tile again."""
 
-    def autodiff(q_t, k_t, kern, dy_BHRC):
+    def autodiff(q_t, k_t, kern, dy_BHRC, f_BHRC):
+        del f_BHRC
+        if TILE_COUNTER["enabled"]:
+            jax.debug.callback(_count_tile)
+
         def tile(q_t, k_t, kern):
-            return _pre_tile(plan, kern, q_t, k_t, row0, col0, seg_BR, seg_BC)
+            y_BHRC, allowed, _ = _pre_tile(plan, kern, q_t, k_t, row0, col0, seg_BR, seg_BC)
+            return y_BHRC, allowed
 
         _, vjp, _ = jax.vjp(tile, q_t, k_t, kern, has_aux=True)
         return vjp(dy_BHRC)
 
-    args = (q_BRHD, k_BCKD, kernels, dy_BHRC)
-    if not plan.spec.pre_conv or plan.spec.head_pre == "conv3d":
+    args = (q_BRHD, k_BCKD, kernels, dy_BHRC, f_BHRC)
+    if not plan.spec.pre_conv:
+        return _plain_grads(plan, *args)
+    if plan.spec.head_pre == "conv3d":
         return autodiff(*args)
     clean = _off_band(plan, row0, col0, k_BCKD.shape[1], seg_BR, seg_BC)
     return lax.cond(clean, partial(_wide_grads, plan), autodiff, *args)
 
 
-def _wide_grads(plan: Plan, q_BRHD, k_BCKD, kernels, dy_BHRC):
+def _plain_grads(plan: Plan, q_BRHD, k_BCKD, kernels, dy_BHRC, f_BHRC):
+    """The VJP of a tile without pre conv: the logits' VJP reads only q and k."""
+    grads, d_f_BHRC = _mixing_grads(plan, kernels, dy_BHRC, f_BHRC)
+    _, logits_vjp = jax.vjp(attention_logits, q_BRHD, k_BCKD)
+    d_q, d_k = logits_vjp(d_f_BHRC)
+    return d_q, d_k, grads
+
+
+def _mixing_grads(plan: Plan, kernels, dy_BHRC, f_BHRC):
+    """({"head_pre": d kernel} or {}, d f) for y = mix_pre(f) (y = f without mixing)."""
+    if "head_pre" not in kernels or kernels["head_pre"].ndim not in (2, 3):
+        return {}, dy_BHRC
+    _, mix_vjp = jax.vjp(partial(mix_heads, tuned=plan.tuned), f_BHRC, kernels["head_pre"])
+    d_f_BHRC, d_kernel = mix_vjp(dy_BHRC)
+    return {"head_pre": d_kernel}, d_f_BHRC
+
+
+def _wide_grads(plan: Plan, q_BRHD, k_BCKD, kernels, dy_BHRC, f_BHRC):
     (wide_q, wide_k), operands_vjp = jax.vjp(_wide_operands, q_BRHD, k_BCKD, kernels["kq_pre"])
-    grads = {}
-    d_f_BHRC = dy_BHRC
-    if "head_pre" in kernels:  # mixing's weight gradient needs the unmixed logits
-        f_BHRC = jnp.einsum("bhrd,bhcd->bhrc", wide_q, wide_k, preferred_element_type=jnp.float32)
-        _, mix_vjp = jax.vjp(partial(mix_heads, tuned=plan.tuned), f_BHRC, kernels["head_pre"])
-        d_f_BHRC, grads["head_pre"] = mix_vjp(dy_BHRC)
+    grads, d_f_BHRC = _mixing_grads(plan, kernels, dy_BHRC, f_BHRC)
     d_wide_q = jnp.einsum("bhrc,bhcd->bhrd", d_f_BHRC, wide_k)
     d_wide_k = jnp.einsum("bhrc,bhrd->bhcd", d_f_BHRC, wide_q)
     d_q, d_k, grads["kq_pre"] = operands_vjp((d_wide_q, d_wide_k))
