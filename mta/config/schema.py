@@ -152,6 +152,9 @@ class _DataConfig:
     seq_len: int = 2048  # tokens per training row (the block task with byte tokens sets its own)
     packing: str = "pad"  # pad (one example per row) | pack (first-fit, with segment ids)
     too_long: str = "drop"  # an example longer than seq_len: drop | truncate (text is chunked)
+    # training loss on the answer tokens of task examples (answer) or on every token (all:
+    # language modelling on the task data); evaluation always scores the answers
+    train_loss: str = "answer"
     # The members of task `mix`, e.g. [{task: mqar, weight: 0.4, mqar: {num_pairs: 8}},
     # {task: block, weight: 0.6, block: {num_blocks: 5}}] (see mta/data/mixture.py).
     mixture: list[MixtureMember] = field(default_factory=list)
@@ -268,6 +271,7 @@ CHOICES = {
     "data.tokenizer.kind": ("byte", "sentencepiece", "tiktoken", "huggingface"),
     "data.packing": ("pad", "pack"),
     "data.too_long": ("drop", "truncate"),
+    "data.train_loss": ("answer", "all"),
     "train.schedule": ("constant", "linear", "cosine"),
     "log.progress": ("auto", "on", "off"),
     "eval.split": ("train", "validation", "test"),

@@ -211,10 +211,12 @@ def _warn_too_long(counts: list[tuple[str, int, int]], split: str, seq_len: int,
     )
 
 
-def to_example(record: dict, seq_len: int, too_long: str) -> dict | None:
+def to_example(record: dict, seq_len: int, too_long: str, loss: str = "answer") -> dict | None:
     """One record -> inputs/targets/weights of its own length (<= seq_len); None if it is too
-    long and too_long == "drop"."""
+    long and too_long == "drop". loss "all": weight 1 on every target, not only the answer's."""
     tokens, mask = np.asarray(record["tokens"]), np.asarray(record["answer_mask"])
+    if loss == "all":
+        mask = np.ones_like(mask)
     if len(tokens) - 1 > seq_len:
         if too_long == "drop":
             return None
@@ -240,11 +242,15 @@ def pad_batch(examples: list[dict], seq_len: int, pad_id: int = PAD) -> dict:
     return batch
 
 
-def read_batch(source, indices, seq_len: int, too_long: str = "drop", pad_id: int = PAD) -> dict:
+def read_batch(
+    source, indices, seq_len: int, too_long: str = "drop", pad_id: int = PAD, loss: str = "answer"
+) -> dict:
     """Records `indices` of a source, padded to [len(indices), seq_len]; a dropped (too long)
-    example becomes an all-pad row with weight 0, so batch shapes never change."""
+    example becomes an all-pad row with weight 0, so batch shapes never change. loss: see
+    to_example."""
     empty = {"inputs": [], "targets": [], "weights": []}
-    examples = [to_example(r, seq_len, too_long) for r in source.__getitems__(list(indices))]
+    records = source.__getitems__(list(indices))
+    examples = [to_example(r, seq_len, too_long, loss) for r in records]
     return pad_batch([e if e is not None else empty for e in examples], seq_len, pad_id)
 
 
@@ -264,7 +270,8 @@ def train_dataset(
     process_count: int = 1,
 ):
     """Infinite grain dataset of this process's [B / processes, T] part of each global batch
-    (with `segment_ids` and `positions` when packing). Every epoch is reshuffled from `seed`."""
+    (with `segment_ids` and `positions` when packing), weights per cfg.train_loss. Every
+    epoch is reshuffled from `seed`."""
     if global_batch % process_count:
         raise ValueError(f"batch size {global_batch} must divide over {process_count} processes")
     local_batch = global_batch // process_count
@@ -274,11 +281,16 @@ def train_dataset(
         batches = indices.batch(global_batch, drop_remainder=True)
         return batches.map(
             lambda idx: read_batch(
-                source, idx[process_index::process_count], seq_len, cfg.too_long, pad_id
+                source,
+                idx[process_index::process_count],
+                seq_len,
+                cfg.too_long,
+                pad_id,
+                cfg.train_loss,
             )
         )
     records = indices[process_index::process_count].map(
-        lambda i: to_example(source[int(i)], seq_len, cfg.too_long)
+        lambda i: to_example(source[int(i)], seq_len, cfg.too_long, cfg.train_loss)
     )
     examples = records.filter(lambda e: e is not None).to_iter_dataset()
     packed = grain.experimental.FirstFitPackIterDataset(

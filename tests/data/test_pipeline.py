@@ -174,3 +174,30 @@ def test_a_single_task_streams_as_before_the_registry(text):
     plain = grain.MapDataset.range(len(chunks)).seed(7).shuffle().repeat()
     assert [wrapped.index_stream(7)[i] for i in range(50)] == [plain[i] for i in range(50)]
     assert mixture.eval_ranges(wrapped, 10) == [range(10)]
+
+
+@pytest.mark.parametrize("packing", ["pad", "pack"])
+def test_train_loss_all_weights_every_target_of_an_example(data_dir, packing):
+    """data.train_loss=all: weight 1 on every target of every example (0 on padding); answer:
+    the answer's targets only, a strict subset."""
+    weights = {}
+    for loss in ("answer", "all"):
+        settings = [
+            "data.task=mqar",
+            "data.mqar.num_train=64",
+            "data.mqar.num_pairs=2",
+            "data.mqar.length=32",
+            f"data.data_dir={data_dir}",
+            f"data.packing={packing}",
+            f"data.train_loss={loss}",
+            "data.seq_len=40",
+        ]
+        cfg = load_config(None, settings)
+        source = pipeline.split_source(pipeline.prepare(cfg.data), cfg.data, "train", 40)
+        batch = take(pipeline.train_dataset(source, cfg.data, 40, 4, seed=0), 1)[0]
+        weights[loss] = batch["weights"]
+        if loss == "all":  # packed: where a segment is; padded: the example's 32 targets
+            in_example = batch["segment_ids"] > 0 if packing == "pack" else np.arange(40) < 31
+            np.testing.assert_array_equal(batch["weights"], np.broadcast_to(in_example, (4, 40)))
+    answer, every = weights["answer"], weights["all"]
+    assert np.all(answer <= every) and 0 < answer.sum() < every.sum()
