@@ -62,6 +62,13 @@ def first_word_match(text: str, label: str) -> bool:
     return first_word(text).lower() == label.strip().lower()
 
 
+def first_word_starts_with(text: str, label: str) -> bool:
+    """True if the first word of text starts with label, ignoring case and punctuation: the
+    match for one-word answers from a closed set in which no answer is a prefix of another,
+    scored on models that continue the text after the answer (no end-of-answer token)."""
+    return bool(label.strip()) and first_word(text).lower().startswith(label.strip().lower())
+
+
 def position_buckets(
     nll_BT: np.ndarray, weights_BT: np.ndarray, edges: Sequence[int]
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -50,6 +50,30 @@ def test_first_word_match(output, label, expected):
     assert metrics.first_word_match(output, label) is expected
 
 
+@pytest.mark.parametrize(
+    "output, label, expected",
+    [
+        ("kitchenJohn went", "kitchen", True),  # what follows the answer does not count
+        (" Kitchen. Then", "kitchen", True),
+        ("the kitchen", "kitchen", False),  # only the first word counts
+        ("kitch", "kitchen", False),
+        ("", "kitchen", False),
+        ("kitchen", "", False),
+    ],
+)
+def test_first_word_starts_with(output, label, expected):
+    assert metrics.first_word_starts_with(output, label) is expected
+
+
+def test_no_babi_answer_is_a_prefix_of_another():
+    """What makes first_word_starts_with exact for bAbI: every answer word of QA1-QA5."""
+    from mta.data import babi
+
+    words = {w.lower() for w in (*babi.ACTORS, *babi.QA5_ACTORS, *babi.ROOMS, *babi.OBJECTS)}
+    words |= set(babi.DIRECTIONS)
+    assert not [(a, b) for a in words for b in words if a != b and b.startswith(a)]
+
+
 def test_position_buckets_and_perplexity():
     nll = np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
     weights = np.array([[1, 1, 1, 1], [1, 1, 0, 0]])  # the second row is padded after 2 tokens

@@ -41,11 +41,13 @@ class BabiSpec(Spec):
 
 
 def run_babi(runner, records, spec, suite) -> tuple[list[dict], list[dict]]:
-    """accuracy: the greedy output's first word equals the one-word answer (case-insensitive)."""
+    """accuracy: the greedy output's first word starts with the one-word answer (case-
+    insensitive; no bAbI answer is a prefix of another, and a model trained without an
+    end-of-answer token goes on writing after the answer: "kitchenJohn" is "kitchen")."""
     outputs = scoring.greedy(runner, records, suite)
     samples = [
         {"question": scoring.text(r["question"]), "answer": scoring.text(r["answer"])}
-        | {"output": o, "correct": metrics.first_word_match(o, scoring.text(r["answer"]))}
+        | {"output": o, "correct": metrics.first_word_starts_with(o, scoring.text(r["answer"]))}
         for r, o in zip(records, outputs, strict=True)
     ]
     return [{"accuracy": metrics.mean([s["correct"] for s in samples])}], samples
