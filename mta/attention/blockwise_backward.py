@@ -49,7 +49,7 @@ def backward(plan: Plan, residuals, d_out_BTHD):
     d_out = pad_axis(d_out_BTHD.astype(jnp.float32), 1, 0, plan.num_qb * plan.block_q - plan.num_t)
 
     # the pre tiles' VJP reads the unmixed logits (the mixing's weight gradient) from a strip
-    mixing = "head_pre" in pre and pre["head_pre"].ndim in (2, 3)
+    mixing = plan.spec.head_pre in ("linear", "grouped")
     strips = (empty_strip(plan, batch, heads), empty_strip(plan, batch, heads) if mixing else None)
 
     def block(it, state):

@@ -198,7 +198,7 @@ def _plain_grads(plan: Plan, q_BRHD, k_BCKD, kernels, dy_BHRC, f_BHRC):
 
 def _mixing_grads(plan: Plan, kernels, dy_BHRC, f_BHRC):
     """({"head_pre": d kernel} or {}, d f) for y = mix_pre(f) (y = f without mixing)."""
-    if "head_pre" not in kernels or kernels["head_pre"].ndim not in (2, 3):
+    if plan.spec.head_pre not in ("linear", "grouped"):
         return {}, dy_BHRC
     _, mix_vjp = jax.vjp(partial(mix_heads, tuned=plan.tuned), f_BHRC, kernels["head_pre"])
     d_f_BHRC, d_kernel = mix_vjp(dy_BHRC)
