@@ -57,11 +57,6 @@ def first_word(text: str) -> str:
     return ""
 
 
-def first_word_match(text: str, label: str) -> bool:
-    """True if the first word of text equals label, ignoring case and surrounding punctuation."""
-    return first_word(text).lower() == label.strip().lower()
-
-
 def first_word_starts_with(text: str, label: str) -> bool:
     """True if the first word of text starts with label, ignoring case and punctuation: the
     match for one-word answers from a closed set in which no answer is a prefix of another,
