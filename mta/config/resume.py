@@ -10,6 +10,7 @@ HARMLESS_ON_RESUME = (
     "train.run_ahead",
     "data.prefetch",
     "train.peer_timeout",
+    "train.init_from",  # read only when a run starts
     "model.attention.impl",
     "model.tuned_vjp",
     "log.",

@@ -188,6 +188,10 @@ class TrainConfig:
     # waits for every step.
     run_ahead: bool = True
     peer_timeout: float = 300.0  # multi-process: seconds a peer may be silent before all exit
+    # A run directory (its newest checkpoint) or a checkpoint step directory whose parameters
+    # start this run (fresh optimizer, step 0, data from the start): a curriculum's next stage,
+    # or a baseline continued with MTA (parameters it lacks keep their init). Empty: none.
+    init_from: str = ""
 
 
 @dataclass

@@ -100,14 +100,20 @@ def _listed(paths: list[str], most: int = 12) -> str:
 
 def check_params_fit(step_dir: str | Path, abstract_params) -> None:
     """Raises ConfigError if the params saved in checkpoint `step_dir` are not the tree of
-    `abstract_params`: one line each for the missing paths, the unexpected ones and the shape
-    mismatches. Returns quietly when the tree fits, or when the checkpoint's metadata cannot be
-    read (restoring then reports the checkpoint as unreadable)."""
+    `abstract_params` (param_mismatch)."""
+    param_mismatch(step_dir, abstract_params)
+
+
+def param_mismatch(step_dir: str | Path, abstract_params, allow_missing: bool = False) -> list:
+    """Raises ConfigError if the params saved in checkpoint `step_dir` do not fit the tree of
+    `abstract_params`: one line each for the missing paths (unless allow_missing), the
+    unexpected ones and the shape mismatches. Returns the model's paths the checkpoint lacks
+    (empty when its metadata cannot be read: restoring then reports it as unreadable)."""
     try:
         saved = ocp.StandardCheckpointHandler().metadata(Path(step_dir).absolute() / "state")
         saved = _shapes(saved["params"])
     except Exception:
-        return
+        return []
     wanted = _shapes(abstract_params)
     missing = sorted(set(wanted) - set(saved))
     unexpected = sorted(set(saved) - set(wanted))
@@ -119,7 +125,7 @@ def check_params_fit(step_dir: str | Path, abstract_params) -> None:
     lines = [
         f"  {name}: {_listed(paths)}"
         for name, paths in (
-            ("missing from the checkpoint", missing),
+            ("missing from the checkpoint", [] if allow_missing else missing),
             ("not in the model", unexpected),
             ("shape in the checkpoint -> in the model", shapes),
         )
@@ -130,6 +136,7 @@ def check_params_fit(step_dir: str | Path, abstract_params) -> None:
             f"checkpoint {step_dir} does not fit this model's parameters "
             "(another model, variant or code version?):\n" + "\n".join(lines)
         )
+    return missing
 
 
 def open_and_restore(

@@ -29,6 +29,7 @@ from mta.train.evaluation import Evaluator
 from mta.train.faults import StopRequest
 from mta.train.feed import Prefetcher, to_device
 from mta.train.health import LossSpikeDetector, peak_memory_mb
+from mta.train.init_from import init_params, step_dir_of
 from mta.train.mesh import batch_sharding, make_mesh
 from mta.train.metrics import MetricsWriter
 from mta.train.profile import ProfileWindow
@@ -94,6 +95,8 @@ def train(
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
     check_resume_config(cfg, workdir, allow_config_change)
+    if cfg.train.init_from and not (workdir / "checkpoints").exists():
+        step_dir_of(cfg.train.init_from)  # a wrong path fails before the data is built
     tok = pipeline.configured_tokenizer(cfg)
     tokenizer_record.check(workdir, tok)
 
@@ -118,6 +121,10 @@ def train(
     )
     if state is None:
         state = setup.init_state()
+        if cfg.train.init_from:
+            abstract_params = setup.abstract_state()["params"]
+            params = init_params(cfg.train.init_from, state["params"], abstract_params)
+            state = setup.with_optimizer({**state, "params": params})
     elif "opt_state" not in state:  # an imported checkpoint (mta import-hf): weights only
         state = setup.with_optimizer(state)
     if is_main:
