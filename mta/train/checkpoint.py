@@ -98,13 +98,7 @@ def _listed(paths: list[str], most: int = 12) -> str:
     return ", ".join(paths[:most]) + more
 
 
-def check_params_fit(step_dir: str | Path, abstract_params) -> None:
-    """Raises ConfigError if the params saved in checkpoint `step_dir` are not the tree of
-    `abstract_params` (param_mismatch)."""
-    param_mismatch(step_dir, abstract_params)
-
-
-def param_mismatch(step_dir: str | Path, abstract_params, allow_missing: bool = False) -> list:
+def check_params_fit(step_dir: str | Path, abstract_params, allow_missing: bool = False) -> list:
     """Raises ConfigError if the params saved in checkpoint `step_dir` do not fit the tree of
     `abstract_params`: one line each for the missing paths (unless allow_missing), the
     unexpected ones and the shape mismatches. Returns the model's paths the checkpoint lacks
@@ -161,7 +155,7 @@ def open_and_restore(
                 _set_aside(unreadable)
                 manager = make_manager(workdir, cfg)
             return manager, state
-        _collect_abandoned_reads()  # here, once the error's traceback no longer holds them
+        collect_abandoned_reads()  # here, once the error's traceback no longer holds them
         path = Path(manager.directory) / str(step)
         print(
             f"warning: checkpoint {path} is unreadable ({error_name}); trying an older one",
@@ -176,7 +170,7 @@ def open_and_restore(
     return manager, None
 
 
-def _collect_abandoned_reads() -> None:
+def collect_abandoned_reads() -> None:
     """Collects the array reads a failed restore left suspended. Collected at exit instead, each
     prints its copy of the read error (a TensorStore spec, dozens of lines) after the one line
     that already reported it, and whether they are left depends on timing: reads still in

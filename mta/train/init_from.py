@@ -14,7 +14,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from mta.config import ConfigError
-from mta.train.checkpoint import param_mismatch
+from mta.train.checkpoint import check_params_fit, collect_abandoned_reads
 
 
 def step_dir_of(source: str) -> Path:
@@ -61,14 +61,19 @@ def init_params(source: str, fresh_params: dict, abstract_params: dict) -> dict:
     parameter the checkpoint at `source` holds restored onto abstract_params' shardings.
     ConfigError if the checkpoint holds a parameter the model lacks or one of another shape."""
     step_dir = step_dir_of(source)
-    missing = param_mismatch(step_dir, abstract_params, allow_missing=True)
+    missing = check_params_fit(step_dir, abstract_params, allow_missing=True)
     wanted = {"params": _without(abstract_params, set(missing))}
     restore_args = ocp.checkpoint_utils.construct_restore_args(wanted)
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        loaded = checkpointer.restore(
-            step_dir.absolute() / "state",
-            args=ocp.args.PyTreeRestore(wanted, restore_args=restore_args, partial_restore=True),
-        )["params"]
+    args = ocp.args.PyTreeRestore(wanted, restore_args=restore_args, partial_restore=True)
+    error = None
+    try:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            loaded = checkpointer.restore(step_dir.absolute() / "state", args=args)["params"]
+    except Exception as err:  # orbax raises many kinds for a damaged checkpoint
+        error = f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+    if error:
+        collect_abandoned_reads()  # here, once the error's traceback no longer holds them
+        raise ConfigError(f"train.init_from: checkpoint {step_dir} is unreadable ({error})")
     if missing and jax.process_index() == 0:
         print(
             f"init_from {step_dir}: {len(missing)} parameters not in the checkpoint keep their "

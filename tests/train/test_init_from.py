@@ -51,6 +51,16 @@ def test_a_checkpoint_with_parameters_the_model_lacks_is_refused(tiny_config, tm
         train(cfg, tmp_path / "baseline")
 
 
+def test_a_damaged_checkpoint_is_one_error(tiny_config, tmp_path):
+    train(tiny_config("train.steps=3"), tmp_path / "source")
+    files = [p for p in (tmp_path / "source/checkpoints/3/state").rglob("*") if p.is_file()]
+    largest = max(files, key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+    cfg = tiny_config(f"train.init_from={tmp_path / 'source'}")
+    with pytest.raises(ConfigError, match="checkpoints/3 is unreadable"):
+        train(cfg, tmp_path / "run")
+
+
 def test_a_path_without_checkpoint_is_one_line_and_exit_2(tiny_overrides, tmp_path):
     config = ["--config", "configs/toy/block_baseline_cpu.yaml"]
     command = [sys.executable, "scripts/train.py", *config, "--workdir", str(tmp_path / "run")]
