@@ -101,9 +101,12 @@ def test_summary_averages_primary_metrics():
     }
 
 
-@pytest.mark.parametrize("name", ["long_context", "tiny"])
-def test_shipped_suites_load_and_validate_every_grid_point(name):
+SUITES = sorted((Path(__file__).resolve().parents[2] / "configs/eval").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SUITES, ids=[p.stem for p in SUITES])
+def test_shipped_suites_load_and_validate_every_grid_point(path):
     from mta.eval.suite import load_suite
 
-    suite = load_suite(Path(__file__).resolve().parents[2] / f"configs/eval/{name}.yaml")
+    suite = load_suite(path)
     assert suite.tasks
