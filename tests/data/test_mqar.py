@@ -184,3 +184,11 @@ def test_tfds_build_and_read(tmp_path):
     rng = tfds_common.split_rng(0, "test")
     drawn = [generate_example(rng, 8, 3, 2, 200, mqar.DEFAULT_ALPHA)["prompt"] for _ in range(10)]
     assert {prompt.encode() for prompt in drawn} == prompts["test"]
+
+
+def test_eval_cells_of_other_key_lengths_are_told_apart():
+    from mta.data.tasks.mqar import MqarSpec
+
+    specs = [MqarSpec(key_len=n, value_len=n, lengths=(128,)) for n in (1, 2)]
+    coords = [tuple(sorted(cell.coords.items())) for spec in specs for cell in spec.cells()]
+    assert len(set(coords)) == 2  # results.json rows of the two are distinguishable

@@ -39,12 +39,9 @@ class MqarSpec(Spec):
     lengths: tuple[int, ...] = (1024,)
 
     def cells(self):
-        fixed = {"num_pairs": self.num_pairs, "key_len": self.key_len}
-        fixed |= {"value_len": self.value_len, "alpha": self.alpha, "seed": self.seed}
-        return [
-            Cell({"num_pairs": self.num_pairs, "length": n}, "mqar", {**fixed, "length": n})
-            for n in self.lengths
-        ]
+        shape = {"num_pairs": self.num_pairs, "key_len": self.key_len, "value_len": self.value_len}
+        fixed = shape | {"alpha": self.alpha, "seed": self.seed}
+        return [Cell(shape | {"length": n}, "mqar", fixed | {"length": n}) for n in self.lengths]
 
 
 def run_mqar(runner, records, spec, suite) -> tuple[list[dict], list[dict]]:
