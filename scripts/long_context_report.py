@@ -139,6 +139,31 @@ def curves_figure(runs: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# (title, task, cell keys, value): the tables printed for the tasks a suite has
+TABLES = (
+    (
+        "NIAH recall (mean over depths), by needles and length",
+        "niah",
+        ("num_needles", "length"),
+        "recall",
+    ),
+    ("bAbI accuracy, by task and filler length", "babi", ("qa", "length"), "accuracy"),
+    (
+        "NIAH log-likelihood top-1 among the candidates",
+        "niah_loglik",
+        ("num_needles", "length"),
+        "top1",
+    ),
+    ("Perplexity (per byte) by position bucket", "perplexity", ("bucket",), "perplexity"),
+    (
+        "MQAR accuracy (values right), by key length and length",
+        "mqar",
+        ("key_len", "length"),
+        "accuracy",
+    ),
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, type=Path, help="the sweep's root directory")
@@ -147,18 +172,19 @@ def main() -> None:
     parser.add_argument("--prefix", default="long_context", help="figure file name prefix")
     args = parser.parse_args()
     runs = load(args.root, args.eval_name)
-    print("NIAH recall (mean over depths), by needles and length:\n")
-    print(table(runs, "niah", ("num_needles", "length"), "recall"))
-    print("\nbAbI accuracy, by task and filler length:\n")
-    print(table(runs, "babi", ("qa", "length"), "accuracy"))
-    print("\nNIAH log-likelihood top-1 among the candidates:\n")
-    print(table(runs, "niah_loglik", ("num_needles", "length"), "top1"))
-    print("\nPerplexity (per byte) by position bucket:\n")
-    print(table(runs, "perplexity", ("bucket",), "perplexity"))
+    for title, task, keys, value in TABLES:
+        if has(runs, task):
+            print(f"{title}:\n\n{table(runs, task, keys, value)}\n")
     if args.figures:
         args.figures.mkdir(parents=True, exist_ok=True)
         niah_figure(runs, args.figures / f"{args.prefix}_niah.png")
-        curves_figure(runs, args.figures / f"{args.prefix}_babi_ppl.png")
+        if has(runs, "babi") or has(runs, "perplexity"):
+            curves_figure(runs, args.figures / f"{args.prefix}_babi_ppl.png")
+
+
+def has(runs: dict, task: str) -> bool:
+    """Whether any seed of any variant has results of `task`."""
+    return any(task in result["results"] for results in runs.values() for result in results)
 
 
 if __name__ == "__main__":
