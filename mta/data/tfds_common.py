@@ -25,7 +25,6 @@ existing build checks them.
 import abc
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import io
 import logging
@@ -40,6 +39,7 @@ from etils import epath
 from tensorflow_datasets.core.utils import tqdm_utils
 
 from mta.data import integrity, tokenizers
+from mta.data.build_lock import build_lock
 from mta.data.checks import check_int
 
 SPLITS = ("train", "validation", "test")
@@ -330,28 +330,13 @@ def prepare(
     with quiet_tfds():
         builder = builder_cls(config=config, data_dir=data_dir, file_format="array_record")
         if not builder.is_prepared():
-            with _build_lock(builder):  # another run may be building it: wait, then reuse
+            with build_lock(builder.data_dir):  # another run may be building it: wait, then reuse
                 builder = builder_cls(config=config, data_dir=data_dir, file_format="array_record")
                 if not builder.is_prepared():
                     builder.download_and_prepare(file_format="array_record")
                     return builder
         integrity.verify_checksums(builder.data_dir)
     return builder
-
-
-@contextlib.contextmanager
-def _build_lock(builder: tfds.core.DatasetBuilder):
-    """An exclusive lock on `<data_dir>/<dataset>/<config>.lock` for a local data_dir, so
-    processes that build the same dataset at once (runs started together) build it once; a
-    remote data_dir (gs://...) is not locked (multi-host runs build on process 0 only)."""
-    config_dir = str(epath.Path(builder.data_dir).parent)
-    if "://" in config_dir:
-        yield
-        return
-    os.makedirs(os.path.dirname(config_dir), exist_ok=True)
-    with open(f"{config_dir}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the file is closed
-        yield
 
 
 def token_lengths(builder: tfds.core.DatasetBuilder, split: str) -> np.ndarray:
