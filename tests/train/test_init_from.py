@@ -53,9 +53,11 @@ def test_a_checkpoint_with_parameters_the_model_lacks_is_refused(tiny_config, tm
 
 def test_a_damaged_checkpoint_is_one_error(tiny_config, tmp_path):
     train(tiny_config("train.steps=3"), tmp_path / "source")
-    files = [p for p in (tmp_path / "source/checkpoints/3/state").rglob("*") if p.is_file()]
-    largest = max(files, key=lambda p: p.stat().st_size)
-    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 2])
+    # every file cut in half: which one holds the params (read) or only the optimizer state
+    # (not read) varies between runs
+    for path in (tmp_path / "source/checkpoints/3/state").rglob("*"):
+        if path.is_file():
+            path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     cfg = tiny_config(f"train.init_from={tmp_path / 'source'}")
     with pytest.raises(ConfigError, match="checkpoints/3 is unreadable"):
         train(cfg, tmp_path / "run")
