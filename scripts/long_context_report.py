@@ -1,6 +1,6 @@
 """Seed-averaged long-context results of a sweep: ROOT/<variant>/seed*/eval/<name>/results.json
 (written by `mta eval --suite ...`) -> markdown tables (mean +- sample std over seeds) and figures
-(NIAH recall heatmaps length x depth per needle count and variant, bAbI accuracy by filler
+(NIAH recall heatmaps length x depth per needle count and variant, bAbI accuracy by story
 length, perplexity by position).
 
     python scripts/long_context_report.py --root runs/long_context --eval-name 1200 \
@@ -115,25 +115,36 @@ def niah_figure(runs: dict, path: Path) -> None:
 
 
 def curves_figure(runs: dict, path: Path) -> None:
-    """bAbI accuracy against filler length (QA1, QA2) and perplexity by position bucket."""
+    """bAbI accuracy against story length (QA1, QA2) and perplexity by position bucket: the
+    panels of the tasks the results have."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6), layout="constrained")
-    for variant, results in runs.items():
-        babi = per_seed(results, "babi", ("qa", "length"), "accuracy")
-        for ax, qa in zip(axes[:2], (1, 2), strict=True):
-            xs = sorted(L for q, L in babi if q == qa)
-            ys = [np.mean(babi[(qa, L)]) for L in xs]
-            err = [np.std(babi[(qa, L)]) for L in xs]
-            ax.errorbar([str(x) for x in xs], ys, yerr=err, marker="o", capsize=3, label=variant)
-            ax.set_title(f"bAbI QA{qa}: accuracy by filler length", fontsize=10)
+    panels = [("babi", 1), ("babi", 2)] if has(runs, "babi") else []
+    panels += [("perplexity", None)] if has(runs, "perplexity") else []
+    fig, axes = plt.subplots(
+        1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False, layout="constrained"
+    )
+    for ax, (task, qa) in zip(axes[0], panels, strict=True):
+        for variant, results in runs.items():
+            if task == "babi":
+                babi = per_seed(results, "babi", ("qa", "length"), "accuracy")
+                xs = sorted(L for q, L in babi if q == qa)
+                ys = [np.mean(babi[(qa, L)]) for L in xs]
+                err = [np.std(babi[(qa, L)]) for L in xs]
+                ax.errorbar(
+                    [str(x) for x in xs], ys, yerr=err, marker="o", capsize=3, label=variant
+                )
+            else:
+                ppl = per_seed(results, "perplexity", ("bucket",), "perplexity")
+                buckets = sorted((b for b in ppl if b[0] != "all"), key=_order)
+                xs = [_position(b[0]) for b in buckets]
+                ax.plot(xs, [np.mean(ppl[b]) for b in buckets], marker="o", label=variant)
+        if task == "babi":
+            ax.set_title(f"bAbI QA{qa}: accuracy by story length", fontsize=10)
+            ax.set_xlabel("story length (bytes; 0 = the facts alone)")
             ax.set_ylim(0, 1)
-        ppl = per_seed(results, "perplexity", ("bucket",), "perplexity")
-        buckets = sorted((b for b in ppl if b[0] != "all"), key=_order)
-        xs = [_position(b[0]) for b in buckets]
-        axes[2].plot(xs, [np.mean(ppl[b]) for b in buckets], marker="o", label=variant)
-        axes[2].set_xlabel("position (bucket start)")
-        axes[2].set_title("perplexity by position (held-out text)", fontsize=10)
-    for ax in axes:
+        else:
+            ax.set_title("perplexity by position (held-out text)", fontsize=10)
+            ax.set_xlabel("position (bucket start)")
         ax.legend(fontsize=8)
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -147,7 +158,12 @@ TABLES = (
         ("num_needles", "length"),
         "recall",
     ),
-    ("bAbI accuracy, by task and filler length", "babi", ("qa", "length"), "accuracy"),
+    (
+        "bAbI accuracy, by task and story length (bytes; 0 = the facts alone)",
+        "babi",
+        ("qa", "length"),
+        "accuracy",
+    ),
     (
         "NIAH log-likelihood top-1 among the candidates",
         "niah_loglik",

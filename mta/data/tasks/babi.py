@@ -27,7 +27,7 @@ class BabiSettings(GeneratedSettings):
 
 @dataclass(frozen=True)
 class BabiSpec(Spec):
-    """BabiLong-style QA1-QA5 over filler lengths (bytes; 0 = the facts only)."""
+    """BabiLong-style QA1-QA5 over story lengths (bytes; 0 = the facts only)."""
 
     tasks: tuple[int, ...] = (1, 2, 3, 4, 5)
     lengths: tuple[int, ...] = (0,)
