@@ -13,8 +13,9 @@ The backward (pallas_backward.py) recomputes tiles from q, k and (m, l). Tile ma
 layout and diagram: docs/mta.md. Grouped head mixing enters the kernels as its block-diagonal
 [H, H] matrix (autodiff outside the kernels maps the gradient back).
 
-Not covered (falls back to blockwise with one info line): the 5-D head_pre (full 3-D conv).
-On a CPU backend the kernels run in Pallas interpret mode.
+Not covered (falls back to blockwise with one info line): the 5-D head_pre (full 3-D conv), and
+a GPU backend (the halo windows do not lower there). On a CPU backend the kernels run in Pallas
+interpret mode; on a TPU they lower to Mosaic.
 """
 
 import logging
@@ -55,15 +56,17 @@ def multi_token_attention_pallas(
     """Pallas MTA: q [B,T,H,D], k/v [B,S,K,D] (K divides H) -> [B,T,H,D] (v's dtype).
 
     Same arguments and result as the reference (mta/attention/reference.py). block_q / block_k
-    need not divide T / S. interpret: Pallas interpret mode (None: on the CPU backend).
+    need not divide T / S. interpret: Pallas interpret mode (None: on the CPU backend; compiled
+    on a GPU backend falls back to blockwise, see not_in_kernel).
     tuned is passed on to the blockwise fallback only.
     """
     given = dict(kq_pre=kq_pre, head_pre=head_pre, kq_post=kq_post, head_post=head_post)
     spec = KernelSpec.of(q.shape[2], **given)
-    if spec.head_pre == "conv3d":
-        log.info(
-            "impl=pallas: a 5-D head_pre (full 3-D conv) is not in the kernel; using blockwise"
-        )
+    if interpret is None:
+        interpret = _backend() == "cpu"
+    reason = not_in_kernel(spec, interpret, _backend())
+    if reason:
+        log.info("impl=pallas: %s; using blockwise", reason)
         return multi_token_attention_blockwise(
             q, k, v, **given, segment_ids=segment_ids, block_q=block_q, block_k=block_k, tuned=tuned
         )
@@ -75,8 +78,6 @@ def multi_token_attention_pallas(
     check_segments(segment_ids, q.shape, k.shape)
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block sizes must be positive, got block_q={block_q}, block_k={block_k}")
-    if interpret is None:
-        interpret = jax.default_backend() == "cpu"
     num_t, num_s = q.shape[1], k.shape[1]
     geo = Geometry(
         num_t, num_s, q.shape[2], k.shape[2], q.shape[3], min(block_q, num_t),
@@ -92,6 +93,20 @@ def multi_token_attention_pallas(
         if given[key] is not None:
             params[name] = dense_mixing(given[key].astype(jnp.float32))
     return _attend(geo, q, k, v, params, segment_ids)
+
+
+def not_in_kernel(spec: KernelSpec, interpret: bool, backend: str) -> str | None:
+    """Why these inputs on this backend go to blockwise instead, or None."""
+    if spec.head_pre == "conv3d":
+        return "a 5-D head_pre (full 3-D conv) is not in the kernel"
+    if backend == "gpu" and not interpret:
+        # jax.export for CUDA: Mosaic GPU takes only Blocked block specs (test_pallas.py)
+        return "the kernels have no GPU lowering (their halo windows are pl.Element block specs)"
+    return None
+
+
+def _backend() -> str:
+    return jax.default_backend()
 
 
 def dense_mixing(weights) -> jax.Array:

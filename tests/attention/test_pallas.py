@@ -162,6 +162,39 @@ def test_full_3d_pre_conv_falls_back_to_blockwise(caplog):
     np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
 
 
+def test_gpu_backend_falls_back_to_blockwise(caplog, monkeypatch):
+    """On a GPU backend the compiled kernels do not lower (next test): one info line says so,
+    the result is blockwise's."""
+    from mta.attention import pallas_mta
+
+    monkeypatch.setattr(pallas_mta, "_backend", lambda: "gpu")
+    q, k, v, kernels, segment_ids, _ = _inputs(COMBOS[1])
+    with caplog.at_level(logging.INFO, logger="mta.attention.pallas_mta"):
+        out = multi_token_attention_pallas(q, k, v, **kernels, segment_ids=segment_ids)
+    lines = [r.getMessage() for r in caplog.records if r.name == "mta.attention.pallas_mta"]
+    assert len(lines) == 1 and "GPU" in lines[0] and "blockwise" in lines[0]
+    want = multi_token_attention_reference(q, k, v, **kernels, segment_ids=segment_ids)
+    np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
+
+
+def test_kernels_do_not_lower_for_cuda():
+    """Why the GPU fallback exists: exported for CUDA from this machine, the compiled kernels
+    stop at their overlapping pl.Element windows. If a JAX release lowers them, this fails:
+    then measure the kernels on a GPU and drop the fallback (pallas_mta.not_in_kernel)."""
+    from jax import export
+
+    spec = jax.ShapeDtypeStruct
+    q, kernel = spec((1, 64, 2, 8), jnp.float32), spec((2, 2, 3), jnp.float32)
+
+    def attend(q, k, v, kq_pre):
+        return multi_token_attention_pallas(
+            q, k, v, kq_pre=kq_pre, block_q=32, block_k=32, interpret=False
+        )
+
+    with pytest.raises(NotImplementedError, match="Blocked"):
+        export.export(jax.jit(attend), platforms=["cuda"])(q, q, q, kernel)
+
+
 def test_impl_pallas_dispatches_and_auto_never_picks_it(monkeypatch):
     calls = []
     fake = partial(lambda name, q, *args, **kwargs: calls.append(name) or q, "pallas")
