@@ -15,7 +15,9 @@ each head mixing. Kernel layouts (docs/mta.md):
 
 from dataclasses import dataclass
 
+import jax
 import jax.numpy as jnp
+from jax.scipy.linalg import block_diag
 
 HEAD_FORMS = ("none", "linear", "grouped", "conv3d")
 
@@ -121,3 +123,11 @@ def head_form(weights, num_heads: int, name: str, allow_3d: bool) -> str:
     if allow_3d:
         allowed += " or [H // c_h, c_h, c_h, c_q, c_k] (3-D)"
     raise ValueError(f"{name} must have shape {allowed} with H={num_heads}, got {shape}")
+
+
+def dense_mixing(weights) -> jax.Array:
+    """Head mixing as out = W @ in: [H, H] stays, grouped [N, c_h, c_h] ([group, in, out])
+    becomes block-diagonal with W[n c_h + o, n c_h + i] = weights[n, i, o]."""
+    if weights.ndim == 2:
+        return weights
+    return block_diag(*[weights[n].T for n in range(weights.shape[0])])

@@ -13,9 +13,10 @@ The backward (pallas_backward.py) recomputes tiles from q, k and (m, l). Tile ma
 layout and diagram: docs/mta.md. Grouped head mixing enters the kernels as its block-diagonal
 [H, H] matrix (autodiff outside the kernels maps the gradient back).
 
-Not covered (falls back to blockwise with one info line): the 5-D head_pre (full 3-D conv), and
-a GPU backend (the halo windows do not lower there). On a CPU backend the kernels run in Pallas
-interpret mode; on a TPU they lower to Mosaic.
+These kernels run in Pallas interpret mode on a CPU backend and lower to Mosaic on a TPU; their
+overlapping pl.Element windows do not lower for GPUs, where the Triton kernel of pallas_gpu.py
+takes the pre-softmax part. Not covered (blockwise, with one info line naming why): the 5-D
+head_pre (full 3-D conv); on a GPU, post-softmax conv or mixing, and sizes Triton cannot tile.
 """
 
 import logging
@@ -24,12 +25,11 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.scipy.linalg import block_diag
 
-from mta.attention import pallas_backward
+from mta.attention import pallas_backward, pallas_gpu
 from mta.attention.blockwise import multi_token_attention_blockwise
 from mta.attention.core import check_heads, check_segments
-from mta.attention.kernels import KernelSpec
+from mta.attention.kernels import KernelSpec, dense_mixing
 from mta.attention.pallas_grid import call, merge_blocks, pad_time, padded_inputs, per_block
 from mta.attention.pallas_tiles import Geometry, Tiles
 
@@ -56,20 +56,13 @@ def multi_token_attention_pallas(
     """Pallas MTA: q [B,T,H,D], k/v [B,S,K,D] (K divides H) -> [B,T,H,D] (v's dtype).
 
     Same arguments and result as the reference (mta/attention/reference.py). block_q / block_k
-    need not divide T / S. interpret: Pallas interpret mode (None: on the CPU backend; compiled
-    on a GPU backend falls back to blockwise, see not_in_kernel).
+    need not divide T / S. interpret: Pallas interpret mode (None: on the CPU backend). Compiled
+    on a GPU backend the pre-softmax part runs in the Triton kernel of pallas_gpu.py (gradients
+    blockwise); what it does not cover falls back to blockwise (not_in_kernel).
     tuned is passed on to the blockwise fallback only.
     """
     given = dict(kq_pre=kq_pre, head_pre=head_pre, kq_post=kq_post, head_post=head_post)
     spec = KernelSpec.of(q.shape[2], **given)
-    if interpret is None:
-        interpret = _backend() == "cpu"
-    reason = not_in_kernel(spec, interpret, _backend())
-    if reason:
-        log.info("impl=pallas: %s; using blockwise", reason)
-        return multi_token_attention_blockwise(
-            q, k, v, **given, segment_ids=segment_ids, block_q=block_q, block_k=block_k, tuned=tuned
-        )
     check_heads(q.shape[2], k.shape[2])
     if k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[3] != k.shape[3]:
         raise ValueError(f"q {q.shape}, k {k.shape}, v {v.shape} do not fit [B,T,H,D], [B,S,K,D]")
@@ -78,6 +71,20 @@ def multi_token_attention_pallas(
     check_segments(segment_ids, q.shape, k.shape)
     if block_q < 1 or block_k < 1:
         raise ValueError(f"block sizes must be positive, got block_q={block_q}, block_k={block_k}")
+    backend = _backend()
+    if interpret is None:
+        interpret = backend == "cpu"
+    on_gpu = backend == "gpu" and not interpret
+    reason = not_in_kernel(spec, on_gpu, (q.shape[3], block_q, block_k))
+    if reason:
+        log.info("impl=pallas: %s; using blockwise", reason)
+        return multi_token_attention_blockwise(
+            q, k, v, **given, segment_ids=segment_ids, block_q=block_q, block_k=block_k, tuned=tuned
+        )
+    if on_gpu:
+        return pallas_gpu.attention(
+            q, k, v, kq_pre, head_pre, segment_ids, block_q=block_q, block_k=block_k
+        )
     num_t, num_s = q.shape[1], k.shape[1]
     geo = Geometry(
         num_t, num_s, q.shape[2], k.shape[2], q.shape[3], min(block_q, num_t),
@@ -95,26 +102,21 @@ def multi_token_attention_pallas(
     return _attend(geo, q, k, v, params, segment_ids)
 
 
-def not_in_kernel(spec: KernelSpec, interpret: bool, backend: str) -> str | None:
-    """Why these inputs on this backend go to blockwise instead, or None."""
+def not_in_kernel(spec: KernelSpec, on_gpu: bool, sizes: tuple) -> str | None:
+    """Why these inputs go to blockwise instead, or None; sizes = (D, block_q, block_k)."""
     if spec.head_pre == "conv3d":
         return "a 5-D head_pre (full 3-D conv) is not in the kernel"
-    if backend == "gpu" and not interpret:
-        # jax.export for CUDA: Mosaic GPU takes only Blocked block specs (test_pallas.py)
-        return "the kernels have no GPU lowering (their halo windows are pl.Element block specs)"
+    if not on_gpu:
+        return None
+    if spec.post:  # its halo reads probabilities, which Triton would have to stage in memory
+        return "the GPU kernel covers the pre-softmax part only (no kq_post / head_post)"
+    if any(n < 16 or n & (n - 1) for n in sizes):
+        return f"Triton needs D and the block sizes to be powers of two >= 16, got {sizes}"
     return None
 
 
 def _backend() -> str:
     return jax.default_backend()
-
-
-def dense_mixing(weights) -> jax.Array:
-    """Head mixing as out = W @ in: [H, H] stays, grouped [N, c_h, c_h] ([group, in, out])
-    becomes block-diagonal with W[n c_h + o, n c_h + i] = weights[n, i, o]."""
-    if weights.ndim == 2:
-        return weights
-    return block_diag(*[weights[n].T for n in range(weights.shape[0])])
 
 
 # --- forward kernels -------------------------------------------------------------------------

@@ -17,8 +17,9 @@ import pytest
 
 from mta.attention import mta as mta_module
 from mta.attention.chunked import use_chunks
+from mta.attention.kernels import dense_mixing
 from mta.attention.mta import multi_token_attention
-from mta.attention.pallas_mta import dense_mixing, multi_token_attention_pallas
+from mta.attention.pallas_mta import multi_token_attention_pallas
 from mta.attention.reference import mix_heads, multi_token_attention_reference
 
 from .test_blockwise import Combo, _inputs
@@ -162,25 +163,31 @@ def test_full_3d_pre_conv_falls_back_to_blockwise(caplog):
     np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
 
 
-def test_gpu_backend_falls_back_to_blockwise(caplog, monkeypatch):
-    """On a GPU backend the compiled kernels do not lower (next test): one info line says so,
-    the result is blockwise's."""
-    from mta.attention import pallas_mta
+def test_gpu_backend_routes_pre_softmax_to_triton_and_post_to_blockwise(caplog, monkeypatch):
+    """On a GPU backend: pre-softmax MTA goes to the Triton kernel (pallas_gpu.py, tested in
+    test_pallas_gpu.py); a post-softmax part falls back to blockwise with one info line."""
+    from mta.attention import pallas_gpu, pallas_mta
 
     monkeypatch.setattr(pallas_mta, "_backend", lambda: "gpu")
-    q, k, v, kernels, segment_ids, _ = _inputs(COMBOS[1])
+    calls = []
+    monkeypatch.setattr(pallas_gpu, "attention", lambda q, *a, **kw: calls.append(kw) or q)
+    q, k, v, kernels, segment_ids, _ = _inputs(Combo("pre_d16", pre=(2, 3), num_t=20, dim=16))
+    multi_token_attention_pallas(q, k, v, **kernels, segment_ids=segment_ids)
+    assert calls == [{"block_q": 64, "block_k": 64}]
     with caplog.at_level(logging.INFO, logger="mta.attention.pallas_mta"):
+        multi_token_attention_pallas(q, k, v, **kernels, block_q=48)
+        assert "powers of two" in caplog.records[-1].getMessage() and len(calls) == 1
+        q, k, v, kernels, segment_ids, _ = _inputs(COMBOS[3])
         out = multi_token_attention_pallas(q, k, v, **kernels, segment_ids=segment_ids)
     lines = [r.getMessage() for r in caplog.records if r.name == "mta.attention.pallas_mta"]
-    assert len(lines) == 1 and "GPU" in lines[0] and "blockwise" in lines[0]
+    assert len(lines) == 2 and "pre-softmax" in lines[1] and "blockwise" in lines[1]
     want = multi_token_attention_reference(q, k, v, **kernels, segment_ids=segment_ids)
     np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
 
 
 def test_kernels_do_not_lower_for_cuda():
-    """Why the GPU fallback exists: exported for CUDA from this machine, the compiled kernels
-    stop at their overlapping pl.Element windows. If a JAX release lowers them, this fails:
-    then measure the kernels on a GPU and drop the fallback (pallas_mta.not_in_kernel)."""
+    """Why GPUs get their own kernel (pallas_gpu.py): exported for CUDA from this machine, these
+    kernels stop at their overlapping pl.Element windows."""
     from jax import export
 
     spec = jax.ShapeDtypeStruct
