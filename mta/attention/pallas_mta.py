@@ -57,8 +57,8 @@ def multi_token_attention_pallas(
 
     Same arguments and result as the reference (mta/attention/reference.py). block_q / block_k
     need not divide T / S. interpret: Pallas interpret mode (None: on the CPU backend). Compiled
-    on a GPU backend the pre-softmax part runs in the Triton kernel of pallas_gpu.py (gradients
-    blockwise); what it does not cover falls back to blockwise (not_in_kernel).
+    on a GPU backend the pre-softmax part runs in the Triton-shaped kernels of pallas_gpu.py;
+    what they do not cover falls back to blockwise (not_in_kernel).
     tuned is passed on to the blockwise fallback only.
     """
     given = dict(kq_pre=kq_pre, head_pre=head_pre, kq_post=kq_post, head_post=head_post)

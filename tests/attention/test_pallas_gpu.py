@@ -1,6 +1,7 @@
-"""The Triton-shaped kernel for GPUs (pallas_gpu.py): in Pallas interpret mode against the reference
-(forward, and gradients through its custom VJP), causal and document-local, bfloat16; exported for
-CUDA from this CPU machine, a Triton module that passes MLIR verification.
+"""The Triton-shaped kernels for GPUs (pallas_gpu.py, forward and backward): in Pallas interpret
+mode against the reference (output and the gradients of q, k, v, kq_pre, head_pre), causal and
+document-local through gradients, bfloat16; lowered for CUDA from this CPU machine, three Triton
+modules that pass MLIR verification.
 
 The combos cover pre conv only, pre mixing linear and grouped, mixing without conv, plain
 attention; MHA / GQA / MQA; S > T; block sizes that do not divide T; documents whose boundaries
@@ -55,38 +56,54 @@ def test_gpu_kernel_equals_reference(combo):
 
 
 @pytest.mark.parametrize("combo", COMBOS[1:3], ids=str)
-def test_no_output_depends_on_a_later_key_or_another_document(combo):
-    """Changing q, k, v from position t0 on leaves every output before t0 bit-equal; changing
-    a row's first document leaves the outputs of the rest of the row bit-equal."""
-    q, k, v, kernels, segment_ids, _ = _inputs(combo)
+def test_causal_and_document_local_through_gradients(combo):
+    """A cotangent only on the first half of the queries: no gradient reaches a later q, k, v.
+    A cotangent only on each row's second document: none reaches q, k, v outside it."""
+    q, k, v, kernels, segment_ids, cotangent = _inputs(combo)
     attend = _attend(combo)
-    out = np.asarray(attend(q, k, v, **kernels, segment_ids=segment_ids))
-    rng = np.random.default_rng(7)
-    t0 = combo.num_t // 2
-    moved = [x.copy() for x in (q, k, v)]
-    for x in moved:
-        x[:, t0:] += rng.normal(size=x[:, t0:].shape).astype(x.dtype)
-    later = np.asarray(attend(*moved, **kernels, segment_ids=segment_ids))
-    assert np.array_equal(later[:, :t0], out[:, :t0]) and not np.allclose(later, out)
-    first = combo.docs[0][0]  # row 0: documents [0, first) and [first, ...)
-    moved = [x.copy() for x in (q, k, v)]
-    for x in moved:
-        x[0, :first] += rng.normal(size=x[0, :first].shape).astype(x.dtype)
-    other = np.asarray(attend(*moved, **kernels, segment_ids=segment_ids))
-    assert np.array_equal(other[0, first:], out[0, first:])
-    assert not np.allclose(other[0, :first], out[0, :first])
+
+    def grads(cotangent):
+        _, vjp = jax.vjp(
+            lambda q, k, v: attend(q, k, v, **kernels, segment_ids=segment_ids), q, k, v
+        )
+        return [np.abs(np.asarray(g)).sum(axis=(2, 3)) for g in vjp(cotangent)]
+
+    half = combo.num_t // 2
+    early = cotangent.copy()
+    early[:, half:] = 0.0
+    for grad in grads(early):
+        assert np.all(grad[:, half:] == 0.0) and np.all(grad[:, :half].max(axis=1) > 0)
+    inside_BT = np.zeros(q.shape[:2], bool)
+    for b, row in enumerate(combo.docs):
+        inside_BT[b, row[0] : row[0] + row[1]] = True
+    for grad in grads(np.where(inside_BT[:, :, None, None], cotangent, 0.0).astype(np.float32)):
+        assert np.all(grad[~inside_BT] == 0.0)
+        assert all(grad[b][inside_BT[b]].max() > 0.0 for b in range(len(grad)))
 
 
 def test_bfloat16_inputs_accumulate_in_float32():
+    """bfloat16 q, k, v: output and gradients within bfloat16 rounding of the float32 reference
+    on the same (rounded) inputs, in bfloat16."""
     combo = COMBOS[2]
-    q, k, v, kernels, segment_ids, _ = _inputs(combo)
+    q, k, v, kernels, segment_ids, cotangent = _inputs(combo)
     low = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
-    out = _attend(combo)(*low, **kernels, segment_ids=segment_ids)
-    want = multi_token_attention_reference(
-        *[x.astype(jnp.float32) for x in low], **kernels, segment_ids=segment_ids
+    attend = _attend(combo)
+
+    def out_and_grads(attend, q, k, v):
+        out, vjp = jax.vjp(
+            lambda q, k, v: attend(q, k, v, **kernels, segment_ids=segment_ids), q, k, v
+        )
+        return out, vjp(jnp.asarray(cotangent, out.dtype))
+
+    out, d_low = out_and_grads(attend, *low)
+    want, d_high = out_and_grads(
+        multi_token_attention_reference, *[x.astype(jnp.float32) for x in low]
     )
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(out.astype(jnp.float32), want, rtol=3e-2, atol=3e-2)
+    for got, ref in zip(d_low, d_high, strict=True):
+        assert got.dtype == jnp.bfloat16
+        np.testing.assert_allclose(got.astype(jnp.float32), ref, rtol=5e-2, atol=5e-2)
 
 
 def test_halo_wider_than_a_block_is_refused():
@@ -105,8 +122,9 @@ def test_halo_wider_than_a_block_is_refused():
 )
 def test_lowers_to_a_verified_triton_module(monkeypatch, dtype, head_pre, segments, kv_heads):
     """The release setting's pre part (6 x 11 conv, grouped mixing, documents, bf16) and two
-    more, lowered for CUDA here: the Triton module Pallas builds passes MLIR verification (the
-    dialect's own checks, e.g. power-of-two tensor sizes). Compiling it to PTX needs a GPU."""
+    more, forward and backward lowered for CUDA here: each of the three Triton modules Pallas
+    builds passes MLIR verification (the dialect's own checks, e.g. power-of-two tensor sizes).
+    Compiling them to PTX needs a GPU."""
     from jax._src.pallas.triton import lowering  # the module Pallas hands to XLA's Triton call
 
     modules = []
@@ -124,6 +142,12 @@ def test_lowers_to_a_verified_triton_module(monkeypatch, dtype, head_pre, segmen
     mixing = {"grouped": spec((2, 2, 2), jnp.float32), "linear": spec((4, 4), jnp.float32)}
     args = (q, kv, kv, spec((heads, 6, 11), jnp.float32), mixing.get(head_pre))
     args += (spec((1, num_t), jnp.int32) if segments else None,)
-    lowered = jax.jit(pallas_gpu.attention).trace(*args).lower(lowering_platforms=("cuda",))
-    assert "xla.gpu.triton" in lowered.as_text()
-    assert len(modules) == 1 and modules[0].operation.verify()
+
+    def loss(q, k, v, kq_pre, head_pre, segment_ids):
+        out = pallas_gpu.attention(q, k, v, kq_pre, head_pre, segment_ids)
+        return out.astype(jnp.float32).sum()
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4) if head_pre else (0, 1, 2, 3)))
+    lowered = grad.trace(*args).lower(lowering_platforms=("cuda",))
+    assert lowered.as_text().count("xla.gpu.triton") == 3
+    assert len(modules) == 3 and all(m.operation.verify() for m in modules)

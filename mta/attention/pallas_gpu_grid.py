@@ -1,0 +1,75 @@
+"""Plumbing of the Triton-shaped MTA kernels (pallas_gpu.py, pallas_gpu_backward.py): the padded
+head-major layout of the inputs and a pallas_call over a (batch, block, head group) grid.
+
+Each program gets its batch row of every input whole (Triton reads windows from memory at any
+offset, so no block of the time axis is cut out for it) and the MTA weights whole; it writes one
+block of each output, indexed by (batch, head group, block).
+"""
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
+
+from mta.attention.kernels import dense_mixing
+from mta.attention.pallas_gpu_tiles import Layout, Tiles
+
+
+def padded_inputs(lay: Layout, q, k, v, kq_pre, head_pre, segment_ids) -> dict:
+    """The kernels' inputs: q [B, H, rows, D], k / v [B, K, cols, D] zero-padded (Layout),
+    seg_q [B, rows] / seg_k [B, cols] padded with -1 (no document, so a tile touching padding
+    is never clean), theta [H, c_q, c_k] and mix [H, H] float32."""
+    rows, cols = lay.row_padding, lay.col_padding
+    out = {"q": pad_time(jnp.swapaxes(q, 1, 2), rows)}
+    out["k"], out["v"] = (pad_time(jnp.swapaxes(x, 1, 2), cols) for x in (k, v))
+    if lay.segments:
+        out["seg_q"] = jnp.pad(segment_ids, ((0, 0), rows), constant_values=-1)
+        out["seg_k"] = jnp.pad(segment_ids, ((0, 0), cols), constant_values=-1)
+    if kq_pre is not None:
+        out["theta"] = kq_pre.astype(jnp.float32)
+    if head_pre is not None:
+        out["mix"] = dense_mixing(head_pre.astype(jnp.float32))
+    return out
+
+
+def pad_time(x, widths, value=0.0):
+    """Pads axis 2 of [B, H, T, ...] by widths = (before, after)."""
+    pads = [(0, 0)] * x.ndim
+    pads[2] = widths
+    return jnp.pad(x, pads, constant_values=value)
+
+
+WHOLE = ("theta", "mix")  # passed whole; every other input one batch row per program
+
+
+def call(lay: Layout, kernel, key_major: bool, inputs: dict, outputs: list, name: str):
+    """pallas_call of kernel(tiles, block start, heads, *out_refs) over the grid (B, blocks,
+    head groups), blocks the query blocks (or key blocks when key_major). outputs: (shape,
+    dtype, block shape) with the batch dim squeezed, block index (b, head group, block)."""
+    num = lay.num_kb if key_major else lay.num_qb
+    specs = []
+    for key, x in inputs.items():
+        if key in WHOLE:
+            specs.append(pl.BlockSpec(x.shape, lambda b, i, g, n=x.ndim: (0,) * n))
+        else:
+            specs.append(
+                pl.BlockSpec((None, *x.shape[1:]), lambda b, i, g, n=x.ndim: (b,) + (0,) * (n - 1))
+            )
+    names = list(inputs)
+    block = lay.block_k if key_major else lay.block_q
+
+    def body(*refs):
+        tiles = Tiles(lay, dict(zip(names, refs[: len(names)], strict=True)))
+        heads = [pl.program_id(2) * lay.group + t for t in range(lay.group)]
+        kernel(tiles, pl.program_id(1) * block, heads, *refs[len(names) :])
+
+    return pl.pallas_call(
+        body,
+        out_shape=[jax.ShapeDtypeStruct(shape, dtype) for shape, dtype, _, _ in outputs],
+        grid=(inputs["q"].shape[0], num, lay.heads // lay.group),
+        in_specs=specs,
+        out_specs=[pl.BlockSpec(block_shape, index) for _, _, block_shape, index in outputs],
+        interpret=lay.interpret,
+        compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
+        name=name,
+    )(*inputs.values())
