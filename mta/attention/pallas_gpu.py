@@ -1,14 +1,17 @@
-"""MTA before the softmax as Pallas kernels shaped for the Triton (GPU) lowering: key-query conv,
-head mixing, causal and document masks, GQA, online softmax; forward here, backward in
-pallas_gpu_backward.py, tile math (halos as shifted loads; clean and exact tiles) in
-pallas_gpu_tiles.py.
+"""Multi-Token Attention as Pallas kernels shaped for the Triton (GPU) lowering: key-query conv and
+head mixing before and after the softmax, causal and document masks, GQA, float32 accumulation.
+Forward here; backward in pallas_gpu_backward.py; tile math (halos as shifted loads, clean and
+exact tiles) in pallas_gpu_tiles.py; the post-softmax part (halos staged in memory) in
+pallas_gpu_post.py.
 
-Forward: a program (batch row, query block, head group) holds the heads its pre mixing joins (1
-without mixing, c_h grouped, all H for [H, H]), runs an online softmax over the key blocks up to
-the causal end and writes the output and the row log-sum-exp. Block sizes and D must be powers of
-two, at least 16, for Triton; interpret mode takes any.
+Forward: a program (batch row, query block, head group) holds the heads its mixing joins (1
+without mixing, c_h grouped, all H for [H, H]) and runs an online softmax over the key blocks up
+to the causal end, writing the output and the row log-sum-exp; with a post part a second kernel
+recomputes the probabilities from the log-sum-exp and writes A v. Block sizes and D must be powers
+of two, at least 16, for Triton; interpret mode takes any.
 """
 
+import math
 from functools import partial
 
 import jax
@@ -16,7 +19,8 @@ import jax.numpy as jnp
 
 from mta.attention import pallas_gpu_backward
 from mta.attention.kernels import dense_mixing
-from mta.attention.pallas_gpu_grid import call, pad_time, padded_inputs
+from mta.attention.pallas_gpu_grid import call, pad_time, padded_inputs, scratch_spec
+from mta.attention.pallas_gpu_post import post_out_kernel
 from mta.attention.pallas_gpu_tiles import Layout, Tiles, dot_nn
 
 BLOCK_Q = 64
@@ -29,66 +33,92 @@ def attention(
     v,
     kq_pre=None,
     head_pre=None,
+    kq_post=None,
+    head_post=None,
     segment_ids=None,
     *,
     block_q: int = BLOCK_Q,
     block_k: int = BLOCK_K,
     interpret: bool = False,
 ):
-    """q [B,T,H,D], k/v [B,S,K,D] (K divides H) -> [B,T,H,D] (v's dtype); kq_pre [H, c_q, c_k],
-    head_pre [H, H] (linear) or [H // c_h, c_h, c_h] (grouped) and segment_ids [B, T] (T == S)
-    as in the reference; gradients w.r.t. q, k, v, kq_pre and head_pre."""
-    c_q, c_k = kq_pre.shape[1:] if kq_pre is not None else (1, 1)
-    if c_q - 1 > block_q or c_k - 1 > block_k:
-        raise ValueError(
-            f"the GPU kernel reads a halo of at most one block: c_q - 1 <= block_q and "
-            f"c_k - 1 <= block_k, got c_q={c_q}, c_k={c_k}, blocks {block_q} x {block_k}"
-        )
-    heads = q.shape[2]
-    group = 1 if head_pre is None else heads if head_pre.ndim == 2 else head_pre.shape[1]
+    """q [B,T,H,D], k/v [B,S,K,D] (K divides H) -> [B,T,H,D] (v's dtype). kq_pre / kq_post
+    [H, c_q, c_k], head_pre / head_post [H, H] (linear) or [H // c_h, c_h, c_h] (grouped) and
+    segment_ids [B, T] (T == S) as in the reference; gradients w.r.t. all but segment_ids."""
+    pre, post = _taps(kq_pre), _taps(kq_post)
     lay = Layout(
-        q.shape[1], k.shape[1], heads, k.shape[2], q.shape[3], block_q, block_k, (c_q, c_k),
-        group, head_pre is not None, segment_ids is not None, interpret,
+        q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], block_q, block_k, pre, post,
+        _program_heads(q.shape[2], head_pre, head_post), head_pre is not None,
+        head_post is not None, segment_ids is not None, interpret,
     )  # fmt: skip
-    return _attend(lay, q, k, v, kq_pre, head_pre, segment_ids)
+    if pre[0] - 1 > block_q or pre[1] - 1 > block_k or lay.margin > min(block_q, block_k):
+        raise ValueError(
+            f"the GPU kernels read a halo of at most one block (and stage the post conv's in "
+            f"{lay.margin} rows / columns): got kq_pre taps {pre}, kq_post taps {post}, "
+            f"blocks {block_q} x {block_k}"
+        )
+    weights = dict(kq_pre=kq_pre, head_pre=head_pre, kq_post=kq_post, head_post=head_post)
+    return _attend(lay, q, k, v, weights, segment_ids)
+
+
+def _taps(kernel) -> tuple:
+    return (1, 1) if kernel is None else tuple(kernel.shape[1:])
+
+
+def _program_heads(heads: int, *mixings) -> int:
+    """Heads per program: the consecutive heads the pre and post mixing join (1 without)."""
+    group = 1
+    for mix in mixings:
+        if mix is not None:
+            group = math.lcm(group, heads if mix.ndim == 2 else mix.shape[1])
+    return group
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attend(lay: Layout, q, k, v, kq_pre, head_pre, segment_ids):
-    return forward(lay, padded_inputs(lay, q, k, v, kq_pre, head_pre, segment_ids))[0]
+def _attend(lay: Layout, q, k, v, weights, segment_ids):
+    return forward(lay, padded_inputs(lay, q, k, v, weights, segment_ids))[0]
 
 
-def _attend_fwd(lay, q, k, v, kq_pre, head_pre, segment_ids):
-    inputs = padded_inputs(lay, q, k, v, kq_pre, head_pre, segment_ids)
+def _attend_fwd(lay, q, k, v, weights, segment_ids):
+    inputs = padded_inputs(lay, q, k, v, weights, segment_ids)
     out, lse = forward(lay, inputs)
-    return out, (inputs, out, lse, kq_pre, head_pre)
+    return out, (inputs, out, lse, weights)
 
 
 def _attend_bwd(lay, residuals, d_out):
-    inputs, out, lse, kq_pre, head_pre = residuals
-    dq, dk, dv, d_theta, d_mix = pallas_gpu_backward.backward(lay, inputs, out, lse, d_out)
+    inputs, out, lse, weights = residuals
+    dq, dk, dv, d_dense = pallas_gpu_backward.backward(lay, inputs, out, lse, d_out)
     dq, dk, dv = (g.astype(inputs[n].dtype) for g, n in ((dq, "q"), (dk, "k"), (dv, "v")))
-    d_kq = None if kq_pre is None else d_theta.astype(kq_pre.dtype)
-    d_head = None
-    if head_pre is not None:
-        d_head = jax.vjp(dense_mixing, head_pre)[1](d_mix.astype(head_pre.dtype))[0]
-    return dq, dk, dv, d_kq, d_head, None
+    d_weights = {}
+    for name, w in weights.items():
+        if w is None:
+            d_weights[name] = None
+        elif name.startswith("kq"):
+            d_weights[name] = d_dense[name].astype(w.dtype)
+        else:  # the kernels saw the dense [H, H] form
+            d_weights[name] = jax.vjp(dense_mixing, w)[1](d_dense[name].astype(w.dtype))[0]
+    return dq, dk, dv, d_weights, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 def forward(lay: Layout, inputs: dict):
-    """-> out [B, T, H, D] (v's dtype), lse [B, H, rows] (padded like q, 0 on padding)."""
+    """-> out [B, T, H, D] (v's dtype), lse [B, H, rows] (padded like q, 0 on padding). With a
+    post part, a second kernel computes out from the first one's lse."""
     batch, rows = inputs["q"].shape[0], lay.num_qb * lay.block_q
     group, bq = lay.group, lay.block_q
+    out_spec = ((batch, lay.heads, rows, lay.dim), jnp.float32, (None, group, bq, lay.dim),
+                lambda b, i, g: (b, g, i, 0))  # fmt: skip
     out, lse = call(lay, forward_kernel, False, inputs, [
-        ((batch, lay.heads, rows, lay.dim), jnp.float32, (None, group, bq, lay.dim),
-         lambda b, i, g: (b, g, i, 0)),
+        out_spec,
         ((batch, lay.heads, rows), jnp.float32, (None, group, bq), lambda b, i, g: (b, g, i)),
-    ], "mta_pre_gpu_forward")  # fmt: skip
+    ], "mta_gpu_forward")  # fmt: skip
+    lse = pad_time(lse, (lay.pad_rows, lay.margin))
+    if lay.post:
+        out_spec = [out_spec, scratch_spec(lay, batch, lay.num_qb)]
+        out, _ = call(lay, post_out_kernel, False, {**inputs, "lse": lse}, out_spec, "mta_gpu_post")
     out = jnp.swapaxes(out[:, :, : lay.num_t], 1, 2).astype(inputs["v"].dtype)
-    return out, pad_time(lse, (lay.pad_rows, 0))
+    return out, lse
 
 
 def forward_kernel(tiles: Tiles, i0, heads, o_ref, lse_ref):

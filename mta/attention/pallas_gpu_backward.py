@@ -20,52 +20,82 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import block_diag
 
-from mta.attention.pallas_gpu_grid import call, pad_time
+from mta.attention import pallas_gpu_post
+from mta.attention.pallas_gpu_grid import call, pad_time, scratch_spec
+from mta.attention.pallas_gpu_post import post_delta_kernel, post_dv_kernel
 from mta.attention.pallas_gpu_tiles import Layout, Tiles, dot_nn, dot_tn
 
 
 def backward(lay: Layout, inputs: dict, out, lse, d_out):
     """inputs: pallas_gpu_grid.padded_inputs; out / d_out [B, T, H, D]; lse [B, H, rows] ->
-    dq [B, T, H, D], dk / dv [B, S, K, D], dtheta [H, c_q, c_k] and d mix [H, H] (float32;
-    None where absent)."""
-    d_out_h = jnp.swapaxes(d_out, 1, 2)
-    delta = jnp.sum(d_out_h.astype(jnp.float32) * jnp.swapaxes(out, 1, 2), axis=-1)
-    inputs = {
-        **inputs,
-        "d_out": pad_time(d_out_h, lay.row_padding),
-        "lse": lse,
-        "delta": pad_time(delta, lay.row_padding),
-    }
+    dq [B, T, H, D], dk / dv [B, S, K, D] and {kq_pre, head_pre, kq_post, head_post: gradient
+    w.r.t. the kernels' float32 form (theta [H, c_q, c_k], dense mixing [H, H])}."""
     batch, group, dim = d_out.shape[0], lay.group, lay.dim
     (c_q, c_k), bq, bk = lay.taps, lay.block_q, lay.block_k
-    rows, cols = lay.num_qb * bq, lay.num_kb * bk
-    f32 = jnp.float32
+    rows, cols, f32 = lay.num_qb * bq, lay.num_kb * bk, jnp.float32
+    inputs = {**inputs, "d_out": pad_time(jnp.swapaxes(d_out, 1, 2), lay.row_padding), "lse": lse}
+    if lay.post:  # delta_i = sum_j P_ij dP_ij
+        delta, _ = call(lay, post_delta_kernel, False, inputs, [
+            ((batch, lay.heads, rows), f32, (None, group, bq), lambda b, i, g: (b, g, i)),
+            scratch_spec(lay, batch, lay.num_qb),
+        ], "mta_gpu_delta")  # fmt: skip
+        delta = delta[:, :, : lay.num_t]
+    else:  # = sum_d dO_id out_id when out = P v
+        delta = jnp.sum(d_out.astype(f32) * out.astype(f32), axis=-1).swapaxes(1, 2)
+    inputs["delta"] = pad_time(delta, lay.row_padding)
+    scratch = [scratch_spec(lay, batch, lay.num_qb)] if lay.post else []
+
     q_outs = [((batch, lay.heads, c_q, rows, dim), f32, (None, group, c_q, bq, dim),
                lambda b, i, g: (b, g, 0, i, 0))]  # fmt: skip
     if lay.conv:
         q_outs.append(_per_block((batch, lay.num_qb, lay.heads, _pow2(c_q * c_k)), group))
     if lay.mixing:
         q_outs.append(_per_block((batch, lay.num_qb, lay.heads, _pow2(group)), group))
-    dq_parts = call(lay, dq_kernel, False, inputs, q_outs, "mta_pre_gpu_dq")
-    dks, dv = call(lay, dkv_kernel, True, inputs, [
-        ((batch, lay.heads, c_k, cols, dim), f32, (None, group, c_k, bk, dim),
-         lambda b, j, g: (b, g, 0, j, 0)),
-        ((batch, lay.heads, cols, dim), f32, (None, group, bk, dim), lambda b, j, g: (b, g, j, 0)),
-    ], "mta_pre_gpu_dkv")  # fmt: skip
+    dq_parts = call(lay, dq_kernel, False, inputs, q_outs + scratch, "mta_gpu_dq")
+    dv_spec = ((batch, lay.heads, cols, dim), f32, (None, group, bk, dim),
+               lambda b, j, g: (b, g, j, 0))  # fmt: skip
+    k_outs = [((batch, lay.heads, c_k, cols, dim), f32, (None, group, c_k, bk, dim),
+               lambda b, j, g: (b, g, 0, j, 0))]  # fmt: skip
+    k_outs += [scratch_spec(lay, batch, lay.num_kb)] if lay.post else [dv_spec]
+    dks, dv = call(lay, dkv_kernel, True, inputs, k_outs, "mta_gpu_dkv")
+    grads = {"kq_pre": None, "head_pre": None, "kq_post": None, "head_post": None}
+    if lay.post:
+        dv, *post_parts = call(lay, post_dv_kernel, True, inputs, [dv_spec] + [
+            _per_block((batch, lay.num_kb, lay.heads, n), group) for n in _post_slots(lay)
+        ] + [scratch_spec(lay, batch, lay.num_kb)], "mta_gpu_post_dv")  # fmt: skip
+        post_parts = post_parts[:-1]
+        if lay.post_taps != (1, 1):
+            grads["kq_post"] = _taps_sum(post_parts[0], lay.heads, lay.post_taps)
+        if lay.mixing_post:
+            grads["head_post"] = _mixing_sum(post_parts[-1], group)
 
     dqs = _pad_taps(dq_parts[0], (0, c_q - 1))  # row i - s_a of tap a at i
     dq = sum(dqs[:, :, a, c_q - 1 - a : c_q - 1 - a + lay.num_t] for a in range(c_q))
-    r = lay.pad_cols
+    r = lay.r_pre
     dks = _pad_taps(dks, (r, r))  # column j + d_b of tap b at j + 2r - b
     dk = sum(dks[:, :, b, 2 * r - b : 2 * r - b + lay.num_s] for b in range(c_k))
     dv = dv[:, :, : lay.num_s]
-    d_theta = d_mix = None
     if lay.conv:
-        d_theta = dq_parts[1].sum(axis=(0, 1))[:, : c_q * c_k].reshape(lay.heads, c_q, c_k)
+        grads["kq_pre"] = _taps_sum(dq_parts[1], lay.heads, lay.taps)
     if lay.mixing:
-        blocks = dq_parts[-1].sum(axis=(0, 1))[:, :group].reshape(-1, group, group)
-        d_mix = block_diag(*blocks)
-    return _by_token(dq), _by_token(_per_kv(lay, dk)), _by_token(_per_kv(lay, dv)), d_theta, d_mix
+        grads["head_pre"] = _mixing_sum(dq_parts[2 if lay.conv else 1], group)
+    return _by_token(dq), _by_token(_per_kv(lay, dk)), _by_token(_per_kv(lay, dv)), grads
+
+
+def _post_slots(lay: Layout) -> list:
+    """Lengths of post_dv_kernel's per-program sums: d theta_post, d mix_post (where present)."""
+    out = [_pow2(lay.post_taps[0] * lay.post_taps[1])] if lay.post_taps != (1, 1) else []
+    return out + ([_pow2(lay.group)] if lay.mixing_post else [])
+
+
+def _taps_sum(parts, heads: int, taps: tuple):
+    """Per-program sums [B, N, H, P] of flattened taps -> [H, c_q, c_k]."""
+    return parts.sum(axis=(0, 1))[:, : taps[0] * taps[1]].reshape(heads, *taps)
+
+
+def _mixing_sum(parts, group: int):
+    """Per-program sums [B, N, H, P] with dW[g, h] at h - first head of g's group -> [H, H]."""
+    return block_diag(*parts.sum(axis=(0, 1))[:, :group].reshape(-1, group, group))
 
 
 def _pad_taps(x, widths):
@@ -91,14 +121,16 @@ def _by_token(x):
     return jnp.swapaxes(x, 1, 2)
 
 
-def dq_kernel(tiles: Tiles, i0, heads, dqs_ref, *grad_refs):
+def dq_kernel(tiles: Tiles, i0, heads, dqs_ref, *refs):
     """Query block i0 over its key blocks: dqs_ref [G, c_q, bq, D] (dq per row tap), and the
     program's sums d_theta_ref [G, P] (taps flattened a * c_k + b) and d_mix_ref [G, P'] (dW[g,
-    h] at h - first head)."""
+    h] at h - first head), then the post part's scratch (where present)."""
     lay = tiles.lay
     c_q = lay.taps[0]
-    d_theta_ref = grad_refs[0] if lay.conv else None
-    d_mix_ref = grad_refs[-1] if lay.mixing else None
+    refs = list(refs)
+    scratch = refs.pop() if lay.post else None
+    d_theta_ref = refs.pop(0) if lay.conv else None
+    d_mix_ref = refs.pop(0) if lay.mixing else None
     for t in range(lay.group):
         for a in range(c_q):
             dqs_ref[t, a, :, :] = jnp.zeros((lay.block_q, lay.dim), jnp.float32)
@@ -109,7 +141,7 @@ def dq_kernel(tiles: Tiles, i0, heads, dqs_ref, *grad_refs):
     def step(kb, carry):
         j0 = kb * lay.block_k
         z = [tiles.logits(h, i0, j0) for h in heads]
-        _, d_y = tiles.d_logits(heads, i0, j0, z)
+        _, d_y = tiles.d_logits(heads, i0, j0, z, _d_probs(tiles, scratch, heads, i0, j0))
         if lay.mixing:
             slots = lax.broadcasted_iota(jnp.int32, d_mix_ref.shape[-1:], 0)
             for t, d in enumerate(d_y):
@@ -124,7 +156,7 @@ def dq_kernel(tiles: Tiles, i0, heads, dqs_ref, *grad_refs):
 def _dq_taps(tiles: Tiles, t, h, i0, j0, d_z, dqs_ref, d_theta_ref):
     """Adds head h's tile to dq per row tap and to dtheta."""
     lay, scale = tiles.lay, tiles.scale
-    (c_q, c_k), r = lay.taps, lay.pad_cols
+    (c_q, c_k), r = lay.taps, lay.r_pre
     dtype = tiles.refs["q"].dtype
     d_z = d_z.astype(dtype)
     if not lay.conv:
@@ -162,27 +194,38 @@ def _dq_taps(tiles: Tiles, t, h, i0, j0, d_z, dqs_ref, d_theta_ref):
     d_theta_ref[t, :] += lax.cond(tiles.is_clean(i0, j0), clean, exact, zeros) * scale
 
 
-def dkv_kernel(tiles: Tiles, j0, heads, dks_ref, dv_ref):
+def dkv_kernel(tiles: Tiles, j0, heads, dks_ref, last_ref):
     """Key block j0 over the query blocks that see it: dks_ref [G, c_k, bk, D] (dk per column
-    tap, per query head) and dv_ref [G, bk, D] (per query head)."""
+    tap, per query head); last_ref: dv [G, bk, D] (per query head), or with a post part the
+    scratch (dv then comes from post_dv_kernel)."""
     lay = tiles.lay
     c_k = lay.taps[1]
+    scratch, dv_ref = (last_ref, None) if lay.post else (None, last_ref)
     for t in range(lay.group):
-        dv_ref[t, :, :] = jnp.zeros((lay.block_k, lay.dim), jnp.float32)
+        if dv_ref is not None:
+            dv_ref[t, :, :] = jnp.zeros((lay.block_k, lay.dim), jnp.float32)
         for b in range(c_k):
             dks_ref[t, b, :, :] = jnp.zeros((lay.block_k, lay.dim), jnp.float32)
 
     def step(qb, carry):
         i0 = qb * lay.block_q
         z = [tiles.logits(h, i0, j0) for h in heads]
-        probs, d_y = tiles.d_logits(heads, i0, j0, z)
+        probs, d_y = tiles.d_logits(heads, i0, j0, z, _d_probs(tiles, scratch, heads, i0, j0))
         for t, (g, p) in enumerate(zip(heads, probs, strict=True)):
-            d_out = tiles.rows("d_out", g, i0)
-            dv_ref[t, :, :] += dot_tn(p.astype(d_out.dtype), d_out)
+            if dv_ref is not None:
+                d_out = tiles.rows("d_out", g, i0)
+                dv_ref[t, :, :] += dot_tn(p.astype(d_out.dtype), d_out)
         for t, (h, d_z) in enumerate(zip(heads, tiles.unmixed(heads, d_y), strict=True)):
             _dk_taps(tiles, t, h, i0, j0, d_z, dks_ref)
 
     lax.fori_loop(lay.query_block_start(j0), lay.num_qb, step, None)
+
+
+def _d_probs(tiles: Tiles, scratch, heads: list, i0, j0) -> list:
+    """dP, the gradient w.r.t. the probabilities: dO v^T, or through the post part."""
+    if scratch is None:
+        return tiles.d_attention(heads, i0, j0)
+    return pallas_gpu_post.d_probs(tiles, scratch, heads, i0, j0)
 
 
 def _dk_taps(tiles: Tiles, t, h, i0, j0, d_z, dks_ref):

@@ -14,21 +14,26 @@ from jax.experimental.pallas import triton as pl_triton
 from mta.attention.kernels import dense_mixing
 from mta.attention.pallas_gpu_tiles import Layout, Tiles
 
+# the MTA weights (argument name -> kernel ref name), passed whole; every other input gives a
+# program its batch row
+WEIGHTS = {"kq_pre": "theta", "head_pre": "mix", "kq_post": "theta_post", "head_post": "mix_post"}
 
-def padded_inputs(lay: Layout, q, k, v, kq_pre, head_pre, segment_ids) -> dict:
+
+def padded_inputs(lay: Layout, q, k, v, weights: dict, segment_ids) -> dict:
     """The kernels' inputs: q [B, H, rows, D], k / v [B, K, cols, D] zero-padded (Layout),
     seg_q [B, rows] / seg_k [B, cols] padded with -1 (no document, so a tile touching padding
-    is never clean), theta [H, c_q, c_k] and mix [H, H] float32."""
+    is never clean), and of weights (kq_pre, head_pre, kq_post, head_post) theta / theta_post
+    [H, c_q, c_k] and mix / mix_post [H, H] (dense) in float32."""
     rows, cols = lay.row_padding, lay.col_padding
     out = {"q": pad_time(jnp.swapaxes(q, 1, 2), rows)}
     out["k"], out["v"] = (pad_time(jnp.swapaxes(x, 1, 2), cols) for x in (k, v))
     if lay.segments:
         out["seg_q"] = jnp.pad(segment_ids, ((0, 0), rows), constant_values=-1)
         out["seg_k"] = jnp.pad(segment_ids, ((0, 0), cols), constant_values=-1)
-    if kq_pre is not None:
-        out["theta"] = kq_pre.astype(jnp.float32)
-    if head_pre is not None:
-        out["mix"] = dense_mixing(head_pre.astype(jnp.float32))
+    for name, key in WEIGHTS.items():
+        if weights[name] is not None:
+            w = weights[name].astype(jnp.float32)
+            out[key] = w if name.startswith("kq") else dense_mixing(w)
     return out
 
 
@@ -39,7 +44,11 @@ def pad_time(x, widths, value=0.0):
     return jnp.pad(x, pads, constant_values=value)
 
 
-WHOLE = ("theta", "mix")  # passed whole; every other input one batch row per program
+def scratch_spec(lay: Layout, batch: int, num_blocks: int):
+    """The output a program of pallas_gpu_post stages its window in: [G, bq + M, bk + 2M]."""
+    rows, cols = lay.block_q + lay.margin, lay.block_k + 2 * lay.margin
+    shape = (batch, num_blocks, lay.heads, rows, cols)
+    return shape, jnp.float32, (None, None, lay.group, rows, cols), lambda b, i, g: (b, i, g, 0, 0)
 
 
 def call(lay: Layout, kernel, key_major: bool, inputs: dict, outputs: list, name: str):
@@ -49,7 +58,7 @@ def call(lay: Layout, kernel, key_major: bool, inputs: dict, outputs: list, name
     num = lay.num_kb if key_major else lay.num_qb
     specs = []
     for key, x in inputs.items():
-        if key in WHOLE:
+        if key in WEIGHTS.values():
             specs.append(pl.BlockSpec(x.shape, lambda b, i, g, n=x.ndim: (0,) * n))
         else:
             specs.append(

@@ -42,14 +42,35 @@ class Layout:
     block_q: int
     block_k: int
     taps: tuple  # (c_q, c_k) of kq_pre; (1, 1) without it
-    group: int  # heads in one program: the heads the pre mixing joins
+    post_taps: tuple  # (c_q', c_k') of kq_post; (1, 1) without it
+    group: int  # heads in one program: the heads the pre and post mixing join
     mixing: bool
+    mixing_post: bool
     segments: bool
     interpret: bool
 
     @property
     def conv(self) -> bool:
         return self.taps != (1, 1)
+
+    @property
+    def post(self) -> bool:
+        return self.post_taps != (1, 1) or self.mixing_post
+
+    @property
+    def r_pre(self) -> int:
+        return (self.taps[1] - 1) // 2
+
+    @property
+    def r_post(self) -> int:
+        return (self.post_taps[1] - 1) // 2
+
+    @property
+    def margin(self) -> int:
+        """Rows / columns staged around a tile for the post conv's halo: a power of two >= 16
+        (a Triton tile side), 0 without a post conv."""
+        halo = max(self.post_taps[0] - 1, self.r_post)
+        return 0 if halo == 0 else max(16, 1 << (halo - 1).bit_length())
 
     @property
     def offset(self) -> int:
@@ -69,16 +90,17 @@ class Layout:
 
     @property
     def pad_rows(self) -> int:
-        return self.taps[0] - 1
+        """Rows above row 0 of q-like arrays: the pre conv's halo of the staged margin."""
+        return self.taps[0] - 1 + self.margin
 
     @property
     def pad_cols(self) -> int:
-        return (self.taps[1] - 1) // 2
+        return self.r_pre + self.margin
 
     @property
     def row_padding(self) -> tuple:
         """(above, below) that pad the T rows of q-like arrays."""
-        return self.pad_rows, self.num_qb * self.block_q - self.num_t
+        return self.pad_rows, self.num_qb * self.block_q - self.num_t + self.margin
 
     @property
     def col_padding(self) -> tuple:
@@ -117,130 +139,154 @@ class Tiles:
         self.lay, self.refs = lay, refs
         self.scale = lay.dim**-0.5
 
-    # --- loads: block_q rows from global row i0 - s, block_k columns from global column j0 + d
+    # --- loads: n rows from global row i0 - s, n columns from global column j0 + d (n defaults
+    # to block_q / block_k; a staged margin tile is narrower)
 
-    def rows(self, name: str, h, i0, s=0):
+    def rows(self, name: str, h, i0, s=0, n=None):
         ref = self.refs[name]
-        window = pl.ds(i0 - s + self.lay.pad_rows, self.lay.block_q)
+        window = pl.ds(i0 - s + self.lay.pad_rows, n or self.lay.block_q)
         return ref[h, window] if ref.ndim == 2 else ref[h, window, :]
 
-    def cols(self, name: str, h, j0, d=0):
+    def cols(self, name: str, h, j0, d=0, n=None):
         """Key / value columns of query head h's kv head."""
-        window = pl.ds(j0 + d + self.lay.pad_cols, self.lay.block_k)
+        window = pl.ds(j0 + d + self.lay.pad_cols, n or self.lay.block_k)
         return self.refs[name][h // self.lay.per_kv, window, :]
 
-    def seg_rows(self, i0, s=0):
-        return self.refs["seg_q"][pl.ds(i0 - s + self.lay.pad_rows, self.lay.block_q)]
+    def seg_rows(self, i0, s=0, n=None):
+        return self.refs["seg_q"][pl.ds(i0 - s + self.lay.pad_rows, n or self.lay.block_q)]
 
-    def seg_cols(self, j0, d=0):
-        return self.refs["seg_k"][pl.ds(j0 + d + self.lay.pad_cols, self.lay.block_k)]
+    def seg_cols(self, j0, d=0, n=None):
+        return self.refs["seg_k"][pl.ds(j0 + d + self.lay.pad_cols, n or self.lay.block_k)]
 
     # --- masks
 
-    def allowed(self, i0, j0, s=0, d=0):
-        """[block_q, block_k]: may row i - s see column j + d (bounds, causal, document)."""
+    def allowed(self, i0, j0, s=0, d=0, n_r=None, n_c=None):
+        """[n_r, n_c]: may row i - s see column j + d (bounds, causal, document)."""
         lay = self.lay
-        shape = (lay.block_q, lay.block_k)
+        shape = (n_r or lay.block_q, n_c or lay.block_k)
         r = i0 - s + lax.broadcasted_iota(jnp.int32, shape, 0)
         c = j0 + d + lax.broadcasted_iota(jnp.int32, shape, 1)
         ok = (r >= 0) & (r < lay.num_t) & (c >= 0) & (c < lay.num_s) & (c <= r + lay.offset)
         if lay.segments:
-            ok = ok & (self.seg_rows(i0, s)[:, None] == self.seg_cols(j0, d)[None, :])
+            seg_r, seg_c = self.seg_rows(i0, s, shape[0]), self.seg_cols(j0, d, shape[1])
+            ok = ok & (seg_r[:, None] == seg_c[None, :])
         return ok
 
-    def tap_mask(self, i0, j0, a, b):
-        """Where conv tap (a, b) reads a product: allowed, and rows i - s and i in one document
-        (query-axis taps read 0 across documents)."""
-        s, d = self.lay.taps[0] - 1 - a, b - self.lay.pad_cols
-        keep = self.allowed(i0, j0, s, d)
-        if self.lay.segments:
-            keep = keep & (self.seg_rows(i0) == self.seg_rows(i0, s))[:, None]
-        return keep
+    def same_doc(self, i0, s, n=None):
+        """[n, 1]: rows i and i - s in one document (conv taps along queries read 0 across
+        documents); True without documents."""
+        if not self.lay.segments:
+            return True
+        return (self.seg_rows(i0, 0, n) == self.seg_rows(i0, s, n))[:, None]
 
-    def is_clean(self, i0, j0):
+    def tap_mask(self, i0, j0, a, b, n_r=None, n_c=None):
+        """Where pre conv tap (a, b) reads a product: allowed, rows i - s and i in one document."""
+        s, d = self.lay.taps[0] - 1 - a, b - self.lay.r_pre
+        return self.allowed(i0, j0, s, d, n_r, n_c) & self.same_doc(i0, s, n_r)
+
+    def is_clean(self, i0, j0, n_r=None, n_c=None):
         """Scalar bool: every tap product of the tile is unmasked (see the module docstring)."""
         lay = self.lay
-        causal = i0 - (lay.taps[0] - 1) + lay.offset >= j0 + lay.block_k - 1 + lay.pad_cols
+        n_r, n_c = n_r or lay.block_q, n_c or lay.block_k
+        halo, r = lay.taps[0] - 1, lay.r_pre
+        causal = i0 - halo + lay.offset >= j0 + n_c - 1 + r
         if not lay.segments:
             return causal
-        r = lay.pad_cols
-        ids = (self.seg_rows(i0, lay.pad_rows), self.seg_rows(i0), self.seg_cols(j0, -r))
-        ids += (self.seg_cols(j0, r),)
+        ids = (self.seg_rows(i0, halo, n_r), self.seg_rows(i0, 0, n_r))
+        ids += (self.seg_cols(j0, -r, n_c), self.seg_cols(j0, r, n_c))
         lo = functools.reduce(jnp.minimum, [x.min() for x in ids])
         hi = functools.reduce(jnp.maximum, [x.max() for x in ids])
         return causal & (lo == hi)
 
     # --- the conv moved onto q or k (clean tiles)
 
-    def q_conv(self, h, i0, b):
-        """sum_a theta[h, a, b] q[i - s_a]: [block_q, D] float32."""
+    def q_conv(self, h, i0, b, n=None):
+        """sum_a theta[h, a, b] q[i - s_a]: [n, D] float32."""
         c_q = self.lay.taps[0]
-        taps = [self.theta(h, a, b) * self.rows("q", h, i0, c_q - 1 - a) for a in range(c_q)]
+        taps = [self.theta(h, a, b) * self.rows("q", h, i0, c_q - 1 - a, n) for a in range(c_q)]
         return sum(taps[1:], taps[0])
 
     def k_conv(self, h, j0, a):
         """sum_b theta[h, a, b] k[j + d_b]: [block_k, D] float32."""
-        c_k, r = self.lay.taps[1], self.lay.pad_cols
+        c_k, r = self.lay.taps[1], self.lay.r_pre
         taps = [self.theta(h, a, b) * self.cols("k", h, j0, b - r) for b in range(c_k)]
         return sum(taps[1:], taps[0])
 
-    def theta(self, h, a, b):
-        return self.refs["theta"][h, a, b]
+    def theta(self, h, a, b, name="theta"):
+        return self.refs[name][h, a, b]
 
     # --- forward quantities
 
-    def logits(self, h, i0, j0):
-        """z = conv_pre(mask_0(q k^T / sqrt(D))) of head h, before mixing: [block_q, block_k]."""
+    def logits(self, h, i0, j0, n_r=None, n_c=None):
+        """z = conv_pre(mask_0(q k^T / sqrt(D))) of head h, before mixing: [n_r, n_c]."""
         lay = self.lay
+        n_r, n_c = n_r or lay.block_q, n_c or lay.block_k
         if not lay.conv:
-            return dot(self.rows("q", h, i0), self.cols("k", h, j0)) * self.scale
-        zeros = jnp.zeros((lay.block_q, lay.block_k), jnp.float32)
-        c_q, c_k = lay.taps
+            return dot(self.rows("q", h, i0, 0, n_r), self.cols("k", h, j0, 0, n_c)) * self.scale
+        zeros = jnp.zeros((n_r, n_c), jnp.float32)
+        (c_q, c_k), r = lay.taps, lay.r_pre
 
         def exact(h):
             def row_tap(a, z):
-                q = self.rows("q", h, i0, c_q - 1 - a)
+                q = self.rows("q", h, i0, c_q - 1 - a, n_r)
                 for b in range(c_k):
-                    x = dot(q, self.cols("k", h, j0, b - lay.pad_cols))
-                    z = z + self.theta(h, a, b) * jnp.where(self.tap_mask(i0, j0, a, b), x, 0.0)
+                    x = dot(q, self.cols("k", h, j0, b - r, n_c))
+                    keep = self.tap_mask(i0, j0, a, b, n_r, n_c)
+                    z = z + self.theta(h, a, b) * jnp.where(keep, x, 0.0)
                 return z
 
             return lax.fori_loop(0, c_q, row_tap, zeros)
 
         def clean(h):
             def col_tap(b, z):
-                q_conv = self.q_conv(h, i0, b).astype(self.refs["k"].dtype)
-                return z + dot(q_conv, self.cols("k", h, j0, b - lay.pad_cols))
+                q_conv = self.q_conv(h, i0, b, n_r).astype(self.refs["k"].dtype)
+                return z + dot(q_conv, self.cols("k", h, j0, b - r, n_c))
 
             return lax.fori_loop(0, c_k, col_tap, zeros)
 
-        return lax.cond(self.is_clean(i0, j0), clean, exact, h) * self.scale
+        return lax.cond(self.is_clean(i0, j0, n_r, n_c), clean, exact, h) * self.scale
 
-    def mixed(self, heads: list, z: list) -> list:
-        """y_g = sum_h W[g, h] z_h over the program's heads (z itself without mixing)."""
-        if not self.lay.mixing:
+    def mixed(self, heads: list, z: list, name="mix") -> list:
+        """y_g = sum_h W[g, h] z_h over the program's heads (z itself without that mixing)."""
+        if name not in self.refs:
             return z
-        mix = self.refs["mix"]
+        mix = self.refs[name]
         return [sum(mix[g, h] * z_h for h, z_h in zip(heads, z, strict=True)) for g in heads]
+
+    def probs(self, heads: list, i0, j0, n_r=None, n_c=None) -> list:
+        """Softmax probabilities from the row log-sum-exp, 0 where masked: [n_r, n_c] per head."""
+        y = self.mixed(heads, [self.logits(h, i0, j0, n_r, n_c) for h in heads])
+        keep = self.allowed(i0, j0, 0, 0, n_r, n_c)
+        lse = [self.rows("lse", g, i0, 0, n_r)[:, None] for g in heads]
+        return [jnp.where(keep, jnp.exp(y_g - m), 0.0) for y_g, m in zip(y, lse, strict=True)]
 
     # --- backward quantities
 
-    def d_logits(self, heads: list, i0, j0, z: list):
-        """(p, dy) per mixed head g: p = exp(y - lse) where allowed, dy = p (dO . v - delta),
-        the gradient w.r.t. the pre-softmax logits y: [block_q, block_k] each."""
+    def d_attention(self, heads: list, i0, j0, n_r=None, n_c=None) -> list:
+        """dA = mask(dO v^T): the gradient w.r.t. the attention weights, [n_r, n_c] per head."""
+        keep = self.allowed(i0, j0, 0, 0, n_r, n_c)
+        return [
+            jnp.where(
+                keep, dot(self.rows("d_out", h, i0, 0, n_r), self.cols("v", h, j0, 0, n_c)), 0.0
+            )
+            for h in heads
+        ]
+
+    def d_logits(self, heads: list, i0, j0, z: list, d_probs: list):
+        """(p, dy) per mixed head g: p = exp(y - lse) where allowed, dy = p (dP - delta), the
+        gradient w.r.t. the pre-softmax logits y, with dP the gradient w.r.t. p."""
         keep = self.allowed(i0, j0)
         probs, grads = [], []
-        for g, y in zip(heads, self.mixed(heads, z), strict=True):
+        for g, y, d_p in zip(heads, self.mixed(heads, z), d_probs, strict=True):
             lse, delta = self.rows("lse", g, i0), self.rows("delta", g, i0)
             p = jnp.where(keep, jnp.exp(y - lse[:, None]), 0.0)
-            d_p = dot(self.rows("d_out", g, i0), self.cols("v", g, j0))
             probs.append(p)
             grads.append(p * (d_p - delta[:, None]))
         return probs, grads
 
-    def unmixed(self, heads: list, d_y: list) -> list:
+    def unmixed(self, heads: list, d_y: list, name="mix") -> list:
         """dz_h = sum_g W[g, h] dy_g: the gradient through the mixing (d_y without it)."""
-        if not self.lay.mixing:
+        if name not in self.refs:
             return d_y
-        mix = self.refs["mix"]
+        mix = self.refs[name]
         return [sum(mix[g, h] * d for g, d in zip(heads, d_y, strict=True)) for h in heads]

@@ -14,9 +14,9 @@ layout and diagram: docs/mta.md. Grouped head mixing enters the kernels as its b
 [H, H] matrix (autodiff outside the kernels maps the gradient back).
 
 These kernels run in Pallas interpret mode on a CPU backend and lower to Mosaic on a TPU; their
-overlapping pl.Element windows do not lower for GPUs, where the Triton kernel of pallas_gpu.py
-takes the pre-softmax part. Not covered (blockwise, with one info line naming why): the 5-D
-head_pre (full 3-D conv); on a GPU, post-softmax conv or mixing, and sizes Triton cannot tile.
+overlapping pl.Element windows do not lower for GPUs, where the Triton-shaped kernels of
+pallas_gpu.py run instead (same coverage). Not covered (blockwise, with one info line naming why):
+the 5-D head_pre (full 3-D conv); on a GPU, sizes Triton cannot tile.
 """
 
 import logging
@@ -57,8 +57,8 @@ def multi_token_attention_pallas(
 
     Same arguments and result as the reference (mta/attention/reference.py). block_q / block_k
     need not divide T / S. interpret: Pallas interpret mode (None: on the CPU backend). Compiled
-    on a GPU backend the pre-softmax part runs in the Triton-shaped kernels of pallas_gpu.py;
-    what they do not cover falls back to blockwise (not_in_kernel).
+    on a GPU backend the Triton-shaped kernels of pallas_gpu.py run; what they do not cover
+    falls back to blockwise (not_in_kernel).
     tuned is passed on to the blockwise fallback only.
     """
     given = dict(kq_pre=kq_pre, head_pre=head_pre, kq_post=kq_post, head_post=head_post)
@@ -83,7 +83,7 @@ def multi_token_attention_pallas(
         )
     if on_gpu:
         return pallas_gpu.attention(
-            q, k, v, kq_pre, head_pre, segment_ids, block_q=block_q, block_k=block_k
+            q, k, v, **given, segment_ids=segment_ids, block_q=block_q, block_k=block_k
         )
     num_t, num_s = q.shape[1], k.shape[1]
     geo = Geometry(
@@ -108,8 +108,6 @@ def not_in_kernel(spec: KernelSpec, on_gpu: bool, sizes: tuple) -> str | None:
         return "a 5-D head_pre (full 3-D conv) is not in the kernel"
     if not on_gpu:
         return None
-    if spec.post:  # its halo reads probabilities, which Triton would have to stage in memory
-        return "the GPU kernel covers the pre-softmax part only (no kq_post / head_post)"
     if any(n < 16 or n & (n - 1) for n in sizes):
         return f"Triton needs D and the block sizes to be powers of two >= 16, got {sizes}"
     return None

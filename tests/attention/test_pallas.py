@@ -163,25 +163,25 @@ def test_full_3d_pre_conv_falls_back_to_blockwise(caplog):
     np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
 
 
-def test_gpu_backend_routes_pre_softmax_to_triton_and_post_to_blockwise(caplog, monkeypatch):
-    """On a GPU backend: pre-softmax MTA goes to the Triton kernel (pallas_gpu.py, tested in
-    test_pallas_gpu.py); a post-softmax part falls back to blockwise with one info line."""
+def test_gpu_backend_routes_to_the_triton_kernels(caplog, monkeypatch):
+    """On a GPU backend MTA goes to the Triton-shaped kernels (pallas_gpu.py, tested in
+    test_pallas_gpu.py); sizes Triton cannot tile fall back to blockwise with one info line."""
     from mta.attention import pallas_gpu, pallas_mta
 
     monkeypatch.setattr(pallas_mta, "_backend", lambda: "gpu")
     calls = []
     monkeypatch.setattr(pallas_gpu, "attention", lambda q, *a, **kw: calls.append(kw) or q)
-    q, k, v, kernels, segment_ids, _ = _inputs(Combo("pre_d16", pre=(2, 3), num_t=20, dim=16))
+    combo = Combo("both_d16", pre=(2, 3), head_pre=2, post=(2, 3), head_post=2, num_t=20, dim=16)
+    q, k, v, kernels, segment_ids, _ = _inputs(combo)
     multi_token_attention_pallas(q, k, v, **kernels, segment_ids=segment_ids)
-    assert calls == [{"block_q": 64, "block_k": 64}]
+    assert len(calls) == 1 and calls[0]["block_q"] == calls[0]["block_k"] == 64
+    assert all(calls[0][name] is kernels[name] for name in kernels)
     with caplog.at_level(logging.INFO, logger="mta.attention.pallas_mta"):
-        multi_token_attention_pallas(q, k, v, **kernels, block_q=48)
-        assert "powers of two" in caplog.records[-1].getMessage() and len(calls) == 1
-        q, k, v, kernels, segment_ids, _ = _inputs(COMBOS[3])
-        out = multi_token_attention_pallas(q, k, v, **kernels, segment_ids=segment_ids)
+        out = multi_token_attention_pallas(q, k, v, **kernels, block_q=48)
     lines = [r.getMessage() for r in caplog.records if r.name == "mta.attention.pallas_mta"]
-    assert len(lines) == 2 and "pre-softmax" in lines[1] and "blockwise" in lines[1]
-    want = multi_token_attention_reference(q, k, v, **kernels, segment_ids=segment_ids)
+    assert len(lines) == 1 and "powers of two" in lines[0] and "blockwise" in lines[0]
+    assert len(calls) == 1
+    want = multi_token_attention_reference(q, k, v, **kernels)
     np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
 
 

@@ -32,10 +32,19 @@ COMBOS = [
     Combo("mixing_only_s_gt_t", kv_heads=2, head_pre="linear", num_t=20, num_s=44,
           blocks=(8, 16), dim=8),
     Combo("plain_mqa_docs", kv_heads=1, num_t=40, blocks=(16, 8), docs=((9, 31),), dim=8),
+    # post parts: staged margins of 16, so blocks of at least 16
+    Combo("both_linear_grouped_gqa_docs", kv_heads=2, pre=(3, 5), head_pre="linear", post=(3, 5),
+          head_post=2, docs=((20, 25), (7, 18, 20)), num_t=45, blocks=(16, 16), dim=8),
+    Combo("post_only_grouped_mqa", kv_heads=1, post=(2, 3), head_post=4, num_t=41,
+          blocks=(16, 16), dim=8),
+    Combo("pre_grouped_post_conv_s_gt_t", pre=(2, 3), head_pre=2, post=(3, 3),
+          num_t=30, num_s=50, blocks=(16, 16), dim=8),
+    Combo("post_conv_only_long_docs", heads=2, kv_heads=2, post=(3, 5), docs=((12, 52),),
+          num_t=64, blocks=(16, 16), dim=8),
 ]  # fmt: skip
 
 
-def _attend(combo, **kwargs):
+def _attend(combo):
     blocks = dict(block_q=combo.blocks[0], block_k=combo.blocks[1])
     return jax.jit(lambda *a, **k: pallas_gpu.attention(*a, **k, **blocks, interpret=True))
 
@@ -55,7 +64,7 @@ def test_gpu_kernel_equals_reference(combo):
         np.testing.assert_allclose(grads[name], want_grads[name], rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("combo", COMBOS[1:3], ids=str)
+@pytest.mark.parametrize("combo", [COMBOS[2], COMBOS[6]], ids=str)
 def test_causal_and_document_local_through_gradients(combo):
     """A cotangent only on the first half of the queries: no gradient reaches a later q, k, v.
     A cotangent only on each row's second document: none reaches q, k, v outside it."""
@@ -84,7 +93,7 @@ def test_causal_and_document_local_through_gradients(combo):
 def test_bfloat16_inputs_accumulate_in_float32():
     """bfloat16 q, k, v: output and gradients within bfloat16 rounding of the float32 reference
     on the same (rounded) inputs, in bfloat16."""
-    combo = COMBOS[2]
+    combo = COMBOS[6]
     q, k, v, kernels, segment_ids, cotangent = _inputs(combo)
     low = [jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)]
     attend = _attend(combo)
@@ -108,8 +117,10 @@ def test_bfloat16_inputs_accumulate_in_float32():
 
 def test_halo_wider_than_a_block_is_refused():
     q = jnp.zeros((1, 32, 2, 16))
-    with pytest.raises(ValueError, match="c_q - 1 <= block_q"):
+    with pytest.raises(ValueError, match="halo of at most one block"):
         pallas_gpu.attention(q, q, q, jnp.zeros((2, 6, 3)), block_q=4, block_k=16)
+    with pytest.raises(ValueError, match="stage the post conv"):
+        pallas_gpu.attention(q, q, q, kq_post=jnp.zeros((2, 3, 3)), block_q=8, block_k=16)
 
 
 @pytest.mark.parametrize(
@@ -140,14 +151,17 @@ def test_lowers_to_a_verified_triton_module(monkeypatch, dtype, head_pre, segmen
     heads, num_t = 4, 200
     q, kv = spec((1, num_t, heads, 64), dtype), spec((1, num_t, kv_heads, 64), dtype)
     mixing = {"grouped": spec((2, 2, 2), jnp.float32), "linear": spec((4, 4), jnp.float32)}
-    args = (q, kv, kv, spec((heads, 6, 11), jnp.float32), mixing.get(head_pre))
-    args += (spec((1, num_t), jnp.int32) if segments else None,)
+    taps = spec((heads, 6, 11), jnp.float32)
+    weights = {"kq_pre": taps, "head_pre": mixing.get(head_pre), "kq_post": taps}
+    weights["head_post"] = mixing.get(head_pre)
+    segment_ids = spec((1, num_t), jnp.int32) if segments else None
 
-    def loss(q, k, v, kq_pre, head_pre, segment_ids):
-        out = pallas_gpu.attention(q, k, v, kq_pre, head_pre, segment_ids)
+    def loss(q, k, v, weights, segment_ids):
+        out = pallas_gpu.attention(q, k, v, **weights, segment_ids=segment_ids)
         return out.astype(jnp.float32).sum()
 
-    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3, 4) if head_pre else (0, 1, 2, 3)))
-    lowered = grad.trace(*args).lower(lowering_platforms=("cuda",))
-    assert lowered.as_text().count("xla.gpu.triton") == 3
-    assert len(modules) == 3 and all(m.operation.verify() for m in modules)
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
+    lowered = grad.trace(q, kv, kv, weights, segment_ids).lower(lowering_platforms=("cuda",))
+    # forward: stats, post out; backward: delta, dq, dkv, post dv
+    assert lowered.as_text().count("xla.gpu.triton") == 6
+    assert len(modules) == 6 and all(m.operation.verify() for m in modules)
