@@ -9,9 +9,10 @@
 # Writes to $OUT: env.txt (jax version and devices), accelerator.jsonl + accelerator.md and
 # log.txt. Bounded to about 8 minutes: each row has --timeout seconds, a row stops at its first
 # timeout, and records are appended as they come, so a cut-off run keeps what it measured. On a
-# GPU, impl=pallas falls back to blockwise (the kernels' halo windows do not lower there;
-# docs/mta.md, "The Pallas kernel"), so there only blockwise runs; on a TPU both do. A machine without network keeps the jax it has (the lent GPU
-# machines were seen with jax 0.11.2 for CUDA 13); env.txt and every record's note name it.
+# GPU impl=pallas runs the Triton-shaped kernels (mta/attention/pallas_gpu.py), on a TPU the
+# Mosaic ones (docs/mta.md, "The Pallas kernel"). A machine without network keeps the jax it
+# has (the lent GPU machines were seen with jax 0.11.2 for CUDA 13); env.txt and every
+# record's note name it.
 set -uo pipefail
 OUT=${OUT:-/tmp/device_bench_pallas}
 PY=${PYTHON:-python3}
@@ -32,8 +33,6 @@ bench() {  # $1: seconds for the whole command, then the bench arguments
         --note "jax $JAX" 2>&1 | tee -a "$OUT/log.txt"
 }
 
-IMPLS="pallas blockwise"
-[ "$("$PY" -c 'import jax; print(jax.default_backend())')" = gpu ] && IMPLS=blockwise
-bench 450 --T 2048 8192 32768 --impls $IMPLS --timeout 120 \
+bench 450 --T 2048 8192 32768 --impls pallas blockwise --timeout 120 \
     --out "$OUT/accelerator.jsonl" --markdown "$OUT/accelerator.md"
 exit 0

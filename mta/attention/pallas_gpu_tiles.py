@@ -7,7 +7,8 @@ zero-padded (c_q - 1 rows above, r columns each side) so every read is in range,
 or column contributes the 0 that mask_0 asks for. Two ways to sum the products:
 
     clean tile    every shifted pair (i - s, j + d) causal and in one document: the conv moves
-                  onto q, z = sum_b (sum_a theta[a, b] q[i - s_a]) . k[j + d_b]: c_k dots
+                  onto k, z = sum_a q[i - s_a] . (sum_b theta[a, b] k[j + d_b]): c_q dots (or
+                  onto q, c_k dots, when c_k < c_q)
     other tiles   (the diagonal band, document boundaries) each of the c_q * c_k products masked
                   on its own before it is added: c_q * c_k dots
 
@@ -206,10 +207,10 @@ class Tiles:
         taps = [self.theta(h, a, b) * self.rows("q", h, i0, c_q - 1 - a, n) for a in range(c_q)]
         return sum(taps[1:], taps[0])
 
-    def k_conv(self, h, j0, a):
-        """sum_b theta[h, a, b] k[j + d_b]: [block_k, D] float32."""
+    def k_conv(self, h, j0, a, n=None):
+        """sum_b theta[h, a, b] k[j + d_b]: [n, D] float32."""
         c_k, r = self.lay.taps[1], self.lay.r_pre
-        taps = [self.theta(h, a, b) * self.cols("k", h, j0, b - r) for b in range(c_k)]
+        taps = [self.theta(h, a, b) * self.cols("k", h, j0, b - r, n) for b in range(c_k)]
         return sum(taps[1:], taps[0])
 
     def theta(self, h, a, b, name="theta"):
@@ -237,9 +238,18 @@ class Tiles:
 
             return lax.fori_loop(0, c_q, row_tap, zeros)
 
-        def clean(h):
+        def clean(h):  # the conv on the operand with fewer taps: min(c_q, c_k) dots
+            dtype = self.refs["k"].dtype
+            if c_q <= c_k:
+
+                def row_tap(a, z):
+                    k_conv = self.k_conv(h, j0, a, n_c).astype(dtype)
+                    return z + dot(self.rows("q", h, i0, c_q - 1 - a, n_r), k_conv)
+
+                return lax.fori_loop(0, c_q, row_tap, zeros)
+
             def col_tap(b, z):
-                q_conv = self.q_conv(h, i0, b, n_r).astype(self.refs["k"].dtype)
+                q_conv = self.q_conv(h, i0, b, n_r).astype(dtype)
                 return z + dot(q_conv, self.cols("k", h, j0, b - r, n_c))
 
             return lax.fori_loop(0, c_k, col_tap, zeros)

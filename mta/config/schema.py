@@ -32,8 +32,8 @@ class AttentionConfig:
     # attention: a per-head forget gate biases the logits) | stick_breaking (no softmax)
     kind: str = "softmax"
     # reference (the paper's equations, plain autodiff) | dense (tuned for XLA:CPU) | blockwise
-    # (O(T) memory) | pallas (Pallas kernels on TPU, interpret mode on CPU, blockwise on GPU;
-    # O(T) memory) | auto (dense on CPU, reference elsewhere, blockwise when maps are too big;
+    # (O(T) memory) | pallas (Pallas kernels: Mosaic on TPU, Triton-shaped on GPU, interpret
+    # mode on CPU; O(T) memory) | auto (dense on CPU, reference elsewhere, blockwise when maps are too big;
     # never pallas)
     impl: str = "auto"
     kq_pre: KQConvConfig = field(default_factory=KQConvConfig)  # conv before the softmax

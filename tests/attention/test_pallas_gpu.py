@@ -22,7 +22,8 @@ from .test_blockwise import Combo, _inputs
 RTOL, ATOL = 2e-5, 2e-5
 
 COMBOS = [
-    Combo("pre_mha", heads=2, kv_heads=2, pre=(3, 5), num_t=40, blocks=(16, 16), dim=8),
+    # c_q > c_k: clean tiles take the conv on q
+    Combo("pre_mha_tall_conv", heads=2, kv_heads=2, pre=(4, 3), num_t=40, blocks=(16, 16), dim=8),
     Combo("pre_linear_gqa_docs", kv_heads=2, pre=(3, 5), head_pre="linear",
           docs=((20, 25), (7, 18, 20)), num_t=45, blocks=(16, 8), dim=8),
     Combo("pre_grouped_mqa_clean_tiles_docs", kv_heads=1, pre=(3, 5), head_pre=2,
