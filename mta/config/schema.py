@@ -33,8 +33,8 @@ class AttentionConfig:
     kind: str = "softmax"
     # reference (the paper's equations, plain autodiff) | dense (tuned for XLA:CPU) | blockwise
     # (O(T) memory) | pallas (Pallas kernels: Mosaic on TPU, Triton-shaped on GPU, interpret
-    # mode on CPU; O(T) memory) | auto (dense on CPU, reference elsewhere, blockwise when maps are too big;
-    # never pallas)
+    # mode on CPU; O(T) memory) | auto (dense on CPU, reference elsewhere, blockwise when maps
+    # are too big; never pallas)
     impl: str = "auto"
     kq_pre: KQConvConfig = field(default_factory=KQConvConfig)  # conv before the softmax
     kq_post: KQConvConfig = field(default_factory=KQConvConfig)  # conv after the softmax
