@@ -284,13 +284,24 @@ MODEL_MTA = [  # one layer with every MTA part, GQA
 ]
 
 
-def test_model_with_impl_pallas_equals_reference(tiny_config):
+@pytest.mark.parametrize("backend", ["cpu", "gpu"])
+def test_model_with_impl_pallas_equals_reference(tiny_config, monkeypatch, backend):
     """model.attention.impl=pallas in the Transformer, packed documents: logits and the
-    gradients of every parameter equal those of impl=reference."""
+    gradients of every parameter equal those of impl=reference. backend "gpu": the backend is
+    reported as a GPU, so the Triton-shaped kernels run (in interpret mode here)."""
     from flax import nnx
 
+    from mta.attention import pallas_gpu, pallas_mta
     from mta.model import Transformer
     from mta.resolve import resolve_model
+
+    calls = []
+    if backend == "gpu":
+        monkeypatch.setattr(pallas_mta, "_backend", lambda: "gpu")
+        gpu_kernels = partial(pallas_gpu.attention, interpret=True)
+        monkeypatch.setattr(
+            pallas_gpu, "attention", lambda *a, **k: calls.append(1) or gpu_kernels(*a, **k)
+        )
 
     tokens = jax.random.randint(jax.random.key(0), (1, 11), 3, 259)
     segment_ids = jnp.array([[0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]])
@@ -298,7 +309,7 @@ def test_model_with_impl_pallas_equals_reference(tiny_config):
     cotangent = jax.random.normal(jax.random.key(1), (1, 11, 259))
 
     def run(impl):
-        cfg = tiny_config(*MODEL_MTA, f"model.attention.impl={impl}").model
+        cfg = tiny_config(*MODEL_MTA, "model.head_dim=16", f"model.attention.impl={impl}").model
         graph, params = nnx.split(Transformer(resolve_model(cfg), nnx.Rngs(0)))
 
         def loss(params):
@@ -308,6 +319,7 @@ def test_model_with_impl_pallas_equals_reference(tiny_config):
         return jax.jit(jax.grad(loss, has_aux=True))(params)
 
     grads, logits = run("pallas")
+    assert len(calls) == (backend == "gpu")  # one layer, traced once
     want_grads, want_logits = run("reference")
     np.testing.assert_allclose(logits, want_logits, rtol=1e-4, atol=1e-4)
     for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
