@@ -79,15 +79,15 @@ def _attend(lay: Layout, q, k, v, weights, segment_ids):
 
 
 def _attend_fwd(lay, q, k, v, weights, segment_ids):
-    inputs = padded_inputs(lay, q, k, v, weights, segment_ids)
-    out, lse = forward(lay, inputs)
-    return out, (inputs, out, lse, weights)
+    out, lse = forward(lay, padded_inputs(lay, q, k, v, weights, segment_ids))
+    return out, (q, k, v, weights, segment_ids, out, lse)
 
 
 def _attend_bwd(lay, residuals, d_out):
-    inputs, out, lse, weights = residuals
+    q, k, v, weights, segment_ids, out, lse = residuals
+    inputs = padded_inputs(lay, q, k, v, weights, segment_ids)
     dq, dk, dv, d_dense = pallas_gpu_backward.backward(lay, inputs, out, lse, d_out)
-    dq, dk, dv = (g.astype(inputs[n].dtype) for g, n in ((dq, "q"), (dk, "k"), (dv, "v")))
+    dq, dk, dv = (g.astype(x.dtype) for g, x in ((dq, q), (dk, k), (dv, v)))
     d_weights = {}
     for name, w in weights.items():
         if w is None:

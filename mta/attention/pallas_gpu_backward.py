@@ -1,6 +1,6 @@
-"""Backward of the Triton-shaped MTA kernels (pallas_gpu.py): two kernels that recompute the
-pre-softmax tiles from q, k and the forward's row log-sum-exp, with every shift on the load side
-and no atomics.
+"""Backward of the Triton-shaped MTA kernels (pallas_gpu.py): kernels that recompute the
+pre-softmax tiles from q, k and the forward's row log-sum-exp, with every shift of the
+pre-softmax conv on the load side and no atomics (the post part: pallas_gpu_post.py).
 
 With dz the gradient w.r.t. the conv output z and M_ab the mask of tap (a, b) (s = c_q - 1 - a,
 d = b - r), the q.k products x[i - s, j + d] feed z[i, j], so
@@ -20,9 +20,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import block_diag
 
-from mta.attention import pallas_gpu_post
 from mta.attention.pallas_gpu_grid import call, pad_time, scratch_spec
-from mta.attention.pallas_gpu_post import post_delta_kernel, post_dv_kernel
+from mta.attention.pallas_gpu_post import d_probs, post_delta_kernel, post_dv_kernel
 from mta.attention.pallas_gpu_tiles import Layout, Tiles, dot_nn, dot_tn
 
 
@@ -225,7 +224,7 @@ def _d_probs(tiles: Tiles, scratch, heads: list, i0, j0) -> list:
     """dP, the gradient w.r.t. the probabilities: dO v^T, or through the post part."""
     if scratch is None:
         return tiles.d_attention(heads, i0, j0)
-    return pallas_gpu_post.d_probs(tiles, scratch, heads, i0, j0)
+    return d_probs(tiles, scratch, heads, i0, j0)
 
 
 def _dk_taps(tiles: Tiles, t, h, i0, j0, d_z, dks_ref):
