@@ -1,10 +1,12 @@
-"""Tile math of the Triton-shaped MTA kernels (pallas_gpu.py, pallas_gpu_backward.py).
+"""Tile math of the Triton-shaped MTA kernels (pallas_gpu.py, pallas_gpu_post.py,
+pallas_gpu_backward.py).
 
 Triton takes no slice of a value held in registers, so every halo is a load from memory. Under the
 key-query conv a tile's logits are a sum of products of q rows shifted up by s = c_q - 1 - a and k
 columns shifted by d = b - r (r = (c_k - 1) // 2), each read at its offset. The inputs are
-zero-padded (c_q - 1 rows above, r columns each side) so every read is in range, and a padded row
-or column contributes the 0 that mask_0 asks for. Two ways to sum the products:
+zero-padded (c_q - 1 rows above, r columns each side, plus the post part's staged margin) so
+every read is in range, and a padded row or column contributes the 0 that mask_0 asks for. Two
+ways to sum the products:
 
     clean tile    every shifted pair (i - s, j + d) causal and in one document: the conv moves
                   onto k, z = sum_a q[i - s_a] . (sum_b theta[a, b] k[j + d_b]): c_q dots (or
@@ -134,7 +136,8 @@ def dot_nn(a, b):
 class Tiles:
     """Loads, masks and logits of one program. refs: name -> ref of its batch row: q / d_out
     [H, rows, D], lse / delta [H, rows] (rows padded by Layout.row_padding), k / v [K, cols, D]
-    (Layout.col_padding), seg_q [rows], seg_k [cols]; whole theta [H, c_q, c_k] and mix [H, H]."""
+    (Layout.col_padding), seg_q [rows], seg_k [cols]; whole theta / theta_post [H, c_q, c_k]
+    and mix / mix_post [H, H] (out = W @ in)."""
 
     def __init__(self, lay: Layout, refs: dict):
         self.lay, self.refs = lay, refs

@@ -170,3 +170,43 @@ def test_lowers_to_a_verified_triton_module(monkeypatch, dtype, head_pre, segmen
     # forward: stats, post out; backward: delta, dq, dkv, post dv
     assert lowered.as_text().count("xla.gpu.triton") == 6
     assert len(modules) == 6 and all(m.operation.verify() for m in modules)
+
+
+@pytest.mark.parametrize("post", [False, True])
+def test_pre_tile_computations_per_tile_pair(monkeypatch, post):
+    """The counts docs/mta.md states: per (query block, key block) pair and head, each kernel
+    computes the pre-softmax logits of this many tiles (a step's calls of Tiles.logits weighted
+    by their area; a staged post window is (64 + 16)(64 + 32) / 64^2 = 1.875 tiles)."""
+    from jax.experimental import pallas as pl
+
+    from mta.attention.pallas_gpu_tiles import Tiles
+
+    tiles_by_kernel, running = {}, []
+    build, logits = pl.pallas_call, Tiles.logits
+
+    def named_call(body, *, name, **kwargs):
+        kernel = build(body, name=name, **kwargs)
+        return lambda *args: running.append(name) or kernel(*args)
+
+    def counted_logits(self, h, i0, j0, n_r=None, n_c=None):
+        area = (n_r or self.lay.block_q) * (n_c or self.lay.block_k)
+        tiles_by_kernel[running[-1]] = tiles_by_kernel.get(running[-1], 0.0) + area / 64**2
+        return logits(self, h, i0, j0, n_r, n_c)
+
+    monkeypatch.setattr(pl, "pallas_call", named_call)
+    monkeypatch.setattr(Tiles, "logits", counted_logits)
+    spec = jax.ShapeDtypeStruct
+    q, taps = spec((1, 256, 2, 64), jnp.float32), spec((2, 6, 11), jnp.float32)
+    weights = {"kq_pre": taps, "kq_post": taps if post else None}
+
+    def loss(q, k, v, weights):
+        return pallas_gpu.attention(q, k, v, **weights).sum()
+
+    jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).trace(q, q, q, weights)
+    per_pair = tiles_by_kernel  # a kernel's step body is traced once; a program holds 1 head
+    if post:
+        want = {"mta_gpu_forward": 1.0, "mta_gpu_post": 1.875, "mta_gpu_delta": 1.0}
+        want |= {"mta_gpu_dq": 1.0, "mta_gpu_dkv": 1.0, "mta_gpu_post_dv": 1.875}
+    else:
+        want = {"mta_gpu_forward": 1.0, "mta_gpu_dq": 1.0, "mta_gpu_dkv": 1.0}
+    assert per_pair == want
