@@ -22,7 +22,7 @@ from jax.scipy.linalg import block_diag
 
 from mta.attention.pallas_gpu_grid import call, pad_time, scratch_spec
 from mta.attention.pallas_gpu_post import d_probs, post_delta_kernel, post_dv_kernel
-from mta.attention.pallas_gpu_tiles import Layout, Tiles, dot_nn, dot_tn
+from mta.attention.pallas_gpu_tiles import Layout, Tiles, dot_nn, dot_tn, pow2
 
 
 def backward(lay: Layout, inputs: dict, out, lse, d_out):
@@ -47,9 +47,9 @@ def backward(lay: Layout, inputs: dict, out, lse, d_out):
     q_outs = [((batch, lay.heads, c_q, rows, dim), f32, (None, group, c_q, bq, dim),
                lambda b, i, g: (b, g, 0, i, 0))]  # fmt: skip
     if lay.conv:
-        q_outs.append(_per_block((batch, lay.num_qb, lay.heads, _pow2(c_q * c_k)), group))
+        q_outs.append(_per_block((batch, lay.num_qb, lay.heads, pow2(c_q * c_k)), group))
     if lay.mixing:
-        q_outs.append(_per_block((batch, lay.num_qb, lay.heads, _pow2(group)), group))
+        q_outs.append(_per_block((batch, lay.num_qb, lay.heads, pow2(group)), group))
     dq_parts = call(lay, dq_kernel, False, inputs, q_outs + scratch, "mta_gpu_dq")
     dv_spec = ((batch, lay.heads, cols, dim), f32, (None, group, bk, dim),
                lambda b, j, g: (b, g, j, 0))  # fmt: skip
@@ -83,8 +83,8 @@ def backward(lay: Layout, inputs: dict, out, lse, d_out):
 
 def _post_slots(lay: Layout) -> list:
     """Lengths of post_dv_kernel's per-program sums: d theta_post, d mix_post (where present)."""
-    out = [_pow2(lay.post_taps[0] * lay.post_taps[1])] if lay.post_taps != (1, 1) else []
-    return out + ([_pow2(lay.group)] if lay.mixing_post else [])
+    out = [pow2(lay.post_taps[0] * lay.post_taps[1])] if lay.post_taps != (1, 1) else []
+    return out + ([pow2(lay.group)] if lay.mixing_post else [])
 
 
 def _taps_sum(parts, heads: int, taps: tuple):
@@ -100,10 +100,6 @@ def _mixing_sum(parts, group: int):
 def _pad_taps(x, widths):
     """Pads the time axis of per-tap sums [B, H, taps, time, D] by widths = (before, after)."""
     return jnp.pad(x, ((0, 0), (0, 0), (0, 0), widths, (0, 0)))
-
-
-def _pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
 
 
 def _per_block(shape, group):

@@ -25,7 +25,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pl_triton
 
-from mta.attention.pallas_gpu_tiles import Tiles, dot_nn, dot_tn
+from mta.attention.pallas_gpu_tiles import Tiles, dot_nn, dot_tn, pow2
 
 
 def stage(tiles: Tiles, scratch, compute, i0, j0, above: bool):
@@ -58,7 +58,7 @@ def post_conv(tiles: Tiles, scratch, heads: list, i0, j0, d_c=None):
     (c_q, c_k), r = lay.post_taps, lay.r_post
     if (c_q, c_k) == (1, 1):
         return [scratch[t, pl.ds(0, bq), pl.ds(0, bk)] for t in range(len(heads))], None
-    slots = lax.broadcasted_iota(jnp.int32, (_pow2(c_q * c_k),), 0)
+    slots = lax.broadcasted_iota(jnp.int32, (pow2(c_q * c_k),), 0)
     convs, grads = [], []
     for t, g in enumerate(heads):
 
@@ -117,15 +117,6 @@ def d_probs(tiles: Tiles, scratch, heads: list, i0, j0) -> list:
 
         out.append(lax.fori_loop(0, c_q, row_tap, jnp.zeros((bq, bk), jnp.float32)))
     return out
-
-
-def _pow2(n: int) -> int:
-    return 1 << (n - 1).bit_length()
-
-
-def slots_post(lay) -> int:
-    """Length of a program's flattened d theta_post vector."""
-    return _pow2(lay.post_taps[0] * lay.post_taps[1])
 
 
 # --- kernels ---------------------------------------------------------------------------------

@@ -73,7 +73,7 @@ class Layout:
         """Rows / columns staged around a tile for the post conv's halo: a power of two >= 16
         (a Triton tile side), 0 without a post conv."""
         halo = max(self.post_taps[0] - 1, self.r_post)
-        return 0 if halo == 0 else max(16, 1 << (halo - 1).bit_length())
+        return 0 if halo == 0 else max(16, pow2(halo))
 
     @property
     def offset(self) -> int:
@@ -116,6 +116,11 @@ class Layout:
     def query_block_start(self, j0):
         """Query blocks start .. num_qb - 1 hold every query that may see key j0 on."""
         return jnp.maximum(j0 - self.offset, 0) // self.block_q
+
+
+def pow2(n: int) -> int:
+    """The least power of two >= n (Triton's tensor sides)."""
+    return 1 << (n - 1).bit_length()
 
 
 def dot(a, b):
