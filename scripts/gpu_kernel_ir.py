@@ -1,7 +1,7 @@
 """Lowers impl=pallas's GPU kernels (mta/attention/pallas_gpu.py) for CUDA on this machine, no GPU
 needed, and reports each Triton module: whether it passes MLIR verification and the size of its
-text. A proxy for compile cost until a GPU run measures it: the per-head work of a program is
-unrolled once per head its mixing joins.
+text. A proxy for compile cost until a GPU run measures it: it grows with the heads a program
+holds (the heads its mixing joins).
 
     python scripts/gpu_kernel_ir.py                   # the settings below at T = 2048
     python scripts/gpu_kernel_ir.py --T 8192 --heads 16 --dim 64

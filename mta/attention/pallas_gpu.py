@@ -128,7 +128,7 @@ def forward_kernel(tiles: Tiles, i0, heads, o_ref, lse_ref):
 
     def step(kb, carry):
         j0 = kb * lay.block_k
-        y = tiles.mixed(heads, [tiles.logits(h, i0, j0) for h in heads])
+        y = tiles.mixed(heads, tiles.head_logits(heads, i0, j0))
         keep = tiles.allowed(i0, j0)
         new = []
         for h, y_h, (m, l_, acc) in zip(heads, y, carry, strict=True):

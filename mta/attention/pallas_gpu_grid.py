@@ -66,19 +66,28 @@ def call(lay: Layout, kernel, key_major: bool, inputs: dict, outputs: list, name
             )
     names = list(inputs)
     block = lay.block_k if key_major else lay.block_q
+    batch = inputs["q"].shape[0]
+    if lay.staged_heads:  # Tiles.head_logits's scratch: [G, bq, bk] per program
+        shape = (batch, num, lay.heads, lay.block_q, lay.block_k)
+        block_shape = (None, None, lay.group, lay.block_q, lay.block_k)
+        outputs = [*outputs, (shape, jnp.float32, block_shape, lambda b, i, g: (b, i, g, 0, 0))]
 
     def body(*refs):
-        tiles = Tiles(lay, dict(zip(names, refs[: len(names)], strict=True)))
+        tile_refs = dict(zip(names, refs[: len(names)], strict=True))
+        out_refs = list(refs[len(names) :])
+        if lay.staged_heads:
+            tile_refs["z_scratch"] = out_refs.pop()
         heads = [pl.program_id(2) * lay.group + t for t in range(lay.group)]
-        kernel(tiles, pl.program_id(1) * block, heads, *refs[len(names) :])
+        kernel(Tiles(lay, tile_refs), pl.program_id(1) * block, heads, *out_refs)
 
-    return pl.pallas_call(
+    results = pl.pallas_call(
         body,
         out_shape=[jax.ShapeDtypeStruct(shape, dtype) for shape, dtype, _, _ in outputs],
-        grid=(inputs["q"].shape[0], num, lay.heads // lay.group),
+        grid=(batch, num, lay.heads // lay.group),
         in_specs=specs,
         out_specs=[pl.BlockSpec(block_shape, index) for _, _, block_shape, index in outputs],
         interpret=lay.interpret,
         compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
         name=name,
     )(*inputs.values())
+    return results[:-1] if lay.staged_heads else results

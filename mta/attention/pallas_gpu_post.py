@@ -23,9 +23,8 @@ the output is no longer P v.
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pl_triton
 
-from mta.attention.pallas_gpu_tiles import Tiles, dot_nn, dot_tn, pow2
+from mta.attention.pallas_gpu_tiles import Tiles, barrier, dot_nn, dot_tn, pow2
 
 
 def stage(tiles: Tiles, scratch, compute, i0, j0, above: bool):
@@ -36,18 +35,13 @@ def stage(tiles: Tiles, scratch, compute, i0, j0, above: bool):
     bq, bk, m = lay.block_q, lay.block_k, lay.margin
     row_parts = [(i0 - m, m, 0), (i0, bq, m)] if above else [(i0, bq, 0), (i0 + bq, m, bq)]
     col_parts = [(j0 - m, m, 0), (j0, bk, m), (j0 + bk, m, m + bk)]
-    _barrier(lay)  # the previous step's reads are done
+    barrier(lay)  # the previous step's reads are done
     for r0, n_r, at_r in row_parts:
         for c0, n_c, at_c in col_parts:
             if n_r and n_c:
                 for t, piece in enumerate(compute(r0, n_r, c0, n_c)):
                     scratch[t, pl.ds(at_r, n_r), pl.ds(at_c, n_c)] = piece
-    _barrier(lay)
-
-
-def _barrier(lay):
-    if not lay.interpret:  # interpret mode runs a program's ops in order
-        pl_triton.debug_barrier()
+    barrier(lay)
 
 
 def post_conv(tiles: Tiles, scratch, heads: list, i0, j0, d_c=None):

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pl_triton
 
 _NT = (((1,), (1,)), ((), ()))  # a @ b.T
 _TN = (((0,), (0,)), ((), ()))  # a.T @ b
@@ -59,6 +60,12 @@ class Layout:
     @property
     def post(self) -> bool:
         return self.post_taps != (1, 1) or self.mixing_post
+
+    @property
+    def staged_heads(self) -> bool:
+        """Programs of more than 2 heads compute the heads' logits one at a time into a
+        scratch (Tiles.head_logits) instead of unrolling that code once per head."""
+        return self.group > 2
 
     @property
     def r_pre(self) -> int:
@@ -116,6 +123,12 @@ class Layout:
     def query_block_start(self, j0):
         """Query blocks start .. num_qb - 1 hold every query that may see key j0 on."""
         return jnp.maximum(j0 - self.offset, 0) // self.block_q
+
+
+def barrier(lay: Layout):
+    """Orders a program's writes to its scratch before the reads that follow (and back)."""
+    if not lay.interpret:  # interpret mode runs a program's ops in order
+        pl_triton.debug_barrier()
 
 
 def pow2(n: int) -> int:
@@ -264,6 +277,38 @@ class Tiles:
 
         return lax.cond(self.is_clean(i0, j0, n_r, n_c), clean, exact, h) * self.scale
 
+    def head_logits(self, heads: list, i0, j0, n_r=None, n_c=None) -> list:
+        """z of each program head: [n_r, n_c] each. With Layout.staged_heads a loop over the
+        heads writes them to the program's z scratch and they are read back, so the kernel body
+        holds one head's logits code (the unrolled form grew the Triton module per head)."""
+        if not self.lay.staged_heads:
+            return [self.logits(h, i0, j0, n_r, n_c) for h in heads]
+        n_r, n_c = n_r or self.lay.block_q, n_c or self.lay.block_k
+        scratch = self.refs["z_scratch"]
+
+        def one_head(t, carry):
+            z = self.logits(heads[0] + t, i0, j0, n_r, n_c)
+            scratch[t, pl.ds(0, n_r), pl.ds(0, n_c)] = z
+
+        barrier(self.lay)  # earlier reads of the scratch are done
+        lax.fori_loop(0, len(heads), one_head, None)
+        barrier(self.lay)
+        return [scratch[t, pl.ds(0, n_r), pl.ds(0, n_c)] for t in range(len(heads))]
+
+    def each_head(self, heads: list, tiles: list, fn):
+        """fn(t, head, tile) for the program's heads and their [block_q, block_k] tiles; with
+        Layout.staged_heads through the z scratch and a loop (one copy of fn's code)."""
+        if not self.lay.staged_heads:
+            for t, (h, tile) in enumerate(zip(heads, tiles, strict=True)):
+                fn(t, h, tile)
+            return
+        scratch = self.refs["z_scratch"]
+        barrier(self.lay)
+        for t, tile in enumerate(tiles):
+            scratch[t, :, :] = tile
+        barrier(self.lay)
+        lax.fori_loop(0, len(heads), lambda t, c: fn(t, heads[0] + t, scratch[t, :, :]), None)
+
     def mixed(self, heads: list, z: list, name="mix") -> list:
         """y_g = sum_h W[g, h] z_h over the program's heads (z itself without that mixing)."""
         if name not in self.refs:
@@ -273,7 +318,7 @@ class Tiles:
 
     def probs(self, heads: list, i0, j0, n_r=None, n_c=None) -> list:
         """Softmax probabilities from the row log-sum-exp, 0 where masked: [n_r, n_c] per head."""
-        y = self.mixed(heads, [self.logits(h, i0, j0, n_r, n_c) for h in heads])
+        y = self.mixed(heads, self.head_logits(heads, i0, j0, n_r, n_c))
         keep = self.allowed(i0, j0, 0, 0, n_r, n_c)
         lse = [self.rows("lse", g, i0, 0, n_r)[:, None] for g in heads]
         return [jnp.where(keep, jnp.exp(y_g - m), 0.0) for y_g, m in zip(y, lse, strict=True)]
