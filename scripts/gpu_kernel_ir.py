@@ -12,9 +12,9 @@ import time
 
 import jax
 import jax.numpy as jnp
-from jax._src.pallas.triton import lowering  # the Triton module Pallas hands to XLA
 
 from mta.attention import pallas_gpu
+from mta.attention.pallas_gpu_grid import lower_for_cuda
 
 SETTINGS = {  # name -> the MTA kernels (c_q, c_k) and mixing forms
     "pre conv 6x11": dict(kq_pre=(6, 11)),
@@ -43,26 +43,13 @@ def kernels(setting: dict, heads: int) -> dict:
 
 def lower(setting: dict, num_t: int, heads: int, dim: int) -> list:
     """Forward + backward of bfloat16 attention lowered for CUDA -> the Triton modules built."""
-    modules = []
-    build = lowering.lower_jaxpr_to_triton_module
+    q = jax.ShapeDtypeStruct((1, num_t, heads, dim), jnp.bfloat16)
 
-    def capture(*args, **kwargs):
-        result = build(*args, **kwargs)
-        modules.append(result.module)
-        return result
+    def loss(q, k, v, weights):
+        return pallas_gpu.attention(q, k, v, **weights).astype(jnp.float32).sum()
 
-    lowering.lower_jaxpr_to_triton_module = capture
-    try:
-        q = jax.ShapeDtypeStruct((1, num_t, heads, dim), jnp.bfloat16)
-
-        def loss(q, k, v, weights):
-            return pallas_gpu.attention(q, k, v, **weights).astype(jnp.float32).sum()
-
-        grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
-        grad.trace(q, q, q, kernels(setting, heads)).lower(lowering_platforms=("cuda",))
-    finally:
-        lowering.lower_jaxpr_to_triton_module = build
-    return modules
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
+    return lower_for_cuda(grad, q, q, q, kernels(setting, heads))[1]
 
 
 def main() -> None:

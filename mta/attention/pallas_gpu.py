@@ -104,27 +104,30 @@ _attend.defvjp(_attend_fwd, _attend_bwd)
 
 def forward(lay: Layout, inputs: dict):
     """-> out [B, T, H, D] (v's dtype), lse [B, H, rows] (padded like q, 0 on padding). With a
-    post part, a second kernel computes out from the first one's lse."""
+    post part the stats kernel writes lse only and a second kernel computes out from it."""
     batch, rows = inputs["q"].shape[0], lay.num_qb * lay.block_q
     group, bq = lay.group, lay.block_q
     out_spec = ((batch, lay.heads, rows, lay.dim), jnp.float32, (None, group, bq, lay.dim),
                 lambda b, i, g: (b, g, i, 0))  # fmt: skip
-    out, lse = call(lay, forward_kernel, False, inputs, [
-        out_spec,
-        ((batch, lay.heads, rows), jnp.float32, (None, group, bq), lambda b, i, g: (b, g, i)),
-    ], "mta_gpu_forward")  # fmt: skip
-    lse = pad_time(lse, (lay.pad_rows, lay.margin))
+    lse_spec = ((batch, lay.heads, rows), jnp.float32, (None, group, bq), lambda b, i, g: (b, g, i))
     if lay.post:
-        out_spec = [out_spec, scratch_spec(lay, batch, lay.num_qb)]
-        out, _ = call(lay, post_out_kernel, False, {**inputs, "lse": lse}, out_spec, "mta_gpu_post")
+        (lse,) = call(lay, forward_kernel, False, inputs, [lse_spec], "mta_gpu_forward")
+        lse = pad_time(lse, (lay.pad_rows, lay.margin))
+        outputs = [out_spec, scratch_spec(lay, batch, lay.num_qb)]
+        out, _ = call(lay, post_out_kernel, False, {**inputs, "lse": lse}, outputs, "mta_gpu_post")
+    else:
+        out, lse = call(lay, forward_kernel, False, inputs, [out_spec, lse_spec], "mta_gpu_forward")
+        lse = pad_time(lse, (lay.pad_rows, lay.margin))
     out = jnp.swapaxes(out[:, :, : lay.num_t], 1, 2).astype(inputs["v"].dtype)
     return out, lse
 
 
-def forward_kernel(tiles: Tiles, i0, heads, o_ref, lse_ref):
-    """Online softmax over the key blocks of query block i0: o_ref [G, bq, D], lse_ref [G, bq]."""
+def forward_kernel(tiles: Tiles, i0, heads, *refs):
+    """Online softmax over the key blocks of query block i0: refs (o_ref [G, bq, D], lse_ref
+    [G, bq]), or lse_ref alone with a post part (no A v: the post kernel makes the output)."""
     lay = tiles.lay
     bq = lay.block_q
+    o_ref, lse_ref = (None, *refs) if lay.post else refs
 
     def step(kb, carry):
         j0 = kb * lay.block_k
@@ -137,8 +140,9 @@ def forward_kernel(tiles: Tiles, i0, heads, o_ref, lse_ref):
             shift = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
             p = jnp.exp(x - shift[:, None])
             alpha = jnp.exp(m - shift)
-            v = tiles.cols("v", h, j0)
-            acc = acc * alpha[:, None] + dot_nn(p.astype(v.dtype), v)
+            if o_ref is not None:
+                v = tiles.cols("v", h, j0)
+                acc = acc * alpha[:, None] + dot_nn(p.astype(v.dtype), v)
             new.append((m_new, l_ * alpha + p.sum(axis=1), acc))
         return tuple(new)
 
@@ -150,5 +154,6 @@ def forward_kernel(tiles: Tiles, i0, heads, o_ref, lse_ref):
     final = jax.lax.fori_loop(0, lay.key_block_end(i0), step, start)
     for t, (m, l_, acc) in enumerate(final):
         seen = l_ > 0  # padding rows see no key: output 0, lse 0
-        o_ref[t, :, :] = acc / jnp.where(seen, l_, 1.0)[:, None]
+        if o_ref is not None:
+            o_ref[t, :, :] = acc / jnp.where(seen, l_, 1.0)[:, None]
         lse_ref[t, :] = jnp.where(seen, m + jnp.log(jnp.where(seen, l_, 1.0)), 0.0)

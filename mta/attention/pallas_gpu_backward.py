@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.scipy.linalg import block_diag
 
-from mta.attention.pallas_gpu_grid import call, pad_time, scratch_spec
+from mta.attention.pallas_gpu_grid import call, clear_sums, pad_time, scratch_spec
 from mta.attention.pallas_gpu_post import d_probs, post_delta_kernel, post_dv_kernel
 from mta.attention.pallas_gpu_tiles import Layout, Tiles, dot_nn, dot_tn, pow2
 
@@ -129,9 +129,7 @@ def dq_kernel(tiles: Tiles, i0, heads, dqs_ref, *refs):
     for t in range(lay.group):
         for a in range(c_q):
             dqs_ref[t, a, :, :] = jnp.zeros((lay.block_q, lay.dim), jnp.float32)
-        for ref in (d_theta_ref, d_mix_ref):
-            if ref is not None:
-                ref[t, :] = jnp.zeros(ref.shape[-1:], jnp.float32)
+    clear_sums((d_theta_ref, d_mix_ref), lay.group)
 
     def step(kb, carry):
         j0 = kb * lay.block_k

@@ -37,6 +37,14 @@ def padded_inputs(lay: Layout, q, k, v, weights: dict, segment_ids) -> dict:
     return out
 
 
+def clear_sums(refs, count: int):
+    """Zeroes rows 0 .. count - 1 of each per-program sum ref [G, P] (None: skipped)."""
+    for ref in refs:
+        if ref is not None:
+            for t in range(count):
+                ref[t, :] = jnp.zeros(ref.shape[-1:], jnp.float32)
+
+
 def pad_time(x, widths, value=0.0):
     """Pads axis 2 of [B, H, T, ...] by widths = (before, after)."""
     pads = [(0, 0)] * x.ndim
@@ -91,3 +99,25 @@ def call(lay: Layout, kernel, key_major: bool, inputs: dict, outputs: list, name
         name=name,
     )(*inputs.values())
     return results[:-1] if lay.staged_heads else results
+
+
+def lower_for_cuda(fn, *args) -> tuple:
+    """jax.jit(fn) traced with args (arrays or ShapeDtypeStructs) and lowered for CUDA, on any
+    machine -> (the Lowered, the Triton modules Pallas built for it). No GPU needed; compiling
+    the modules to PTX does."""
+    from jax._src.pallas.triton import lowering  # where Pallas builds the Triton module
+
+    modules = []
+    build = lowering.lower_jaxpr_to_triton_module
+
+    def capture(*a, **k):
+        result = build(*a, **k)
+        modules.append(result.module)
+        return result
+
+    lowering.lower_jaxpr_to_triton_module = capture
+    try:
+        lowered = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
+    finally:
+        lowering.lower_jaxpr_to_triton_module = build
+    return lowered, modules

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
+from mta.attention.pallas_gpu_grid import clear_sums
 from mta.attention.pallas_gpu_tiles import Tiles, barrier, dot_nn, dot_tn, pow2
 
 
@@ -160,9 +161,7 @@ def post_dv_kernel(tiles: Tiles, j0, heads, dv_ref, *refs):
     d_mix_ref = refs[-2] if lay.mixing_post else None
     for t in range(len(heads)):
         dv_ref[t, :, :] = jnp.zeros((lay.block_k, lay.dim), jnp.float32)
-        for ref in (d_theta_ref, d_mix_ref):
-            if ref is not None:
-                ref[t, :] = jnp.zeros(ref.shape[-1:], jnp.float32)
+    clear_sums((d_theta_ref, d_mix_ref), len(heads))
 
     def step(qb, carry):
         i0 = qb * lay.block_q

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from mta.attention import pallas_gpu
+from mta.attention.pallas_gpu_grid import lower_for_cuda
 from mta.attention.reference import multi_token_attention_reference
 
 from .test_blockwise import Combo, _inputs
@@ -136,22 +137,11 @@ def test_halo_wider_than_a_block_is_refused():
         (jnp.bfloat16, None, True, 1),
     ],
 )
-def test_lowers_to_a_verified_triton_module(monkeypatch, dtype, head_pre, segments, kv_heads):
-    """The release setting's pre part (6 x 11 conv, grouped mixing, documents, bf16) and two
-    more, forward and backward lowered for CUDA here: each of the three Triton modules Pallas
-    builds passes MLIR verification (the dialect's own checks, e.g. power-of-two tensor sizes).
-    Compiling them to PTX needs a GPU."""
-    from jax._src.pallas.triton import lowering  # the module Pallas hands to XLA's Triton call
-
-    modules = []
-    build = lowering.lower_jaxpr_to_triton_module
-
-    def capture(*args, **kwargs):
-        result = build(*args, **kwargs)
-        modules.append(result.module)
-        return result
-
-    monkeypatch.setattr(lowering, "lower_jaxpr_to_triton_module", capture)
+def test_lowers_to_a_verified_triton_module(dtype, head_pre, segments, kv_heads):
+    """6 x 11 convolutions before and after the softmax with three mixing / document / kv-head
+    settings, forward and backward lowered for CUDA here: each of the six Triton modules
+    Pallas builds passes MLIR verification (the dialect's own checks, e.g. power-of-two tensor
+    sizes). Compiling them to PTX needs a GPU."""
     spec = jax.ShapeDtypeStruct
     heads, num_t = 4, 200
     q, kv = spec((1, num_t, heads, 64), dtype), spec((1, num_t, kv_heads, 64), dtype)
@@ -165,8 +155,8 @@ def test_lowers_to_a_verified_triton_module(monkeypatch, dtype, head_pre, segmen
         out = pallas_gpu.attention(q, k, v, **weights, segment_ids=segment_ids)
         return out.astype(jnp.float32).sum()
 
-    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
-    lowered = grad.trace(q, kv, kv, weights, segment_ids).lower(lowering_platforms=("cuda",))
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2, 3))
+    lowered, modules = lower_for_cuda(grad, q, kv, kv, weights, segment_ids)
     # forward: stats, post out; backward: delta, dq, dkv, post dv
     assert lowered.as_text().count("xla.gpu.triton") == 6
     assert len(modules) == 6 and all(m.operation.verify() for m in modules)
