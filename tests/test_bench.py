@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from mta.bench import data
+from mta.bench import attention, data
 from mta.bench.markdown import write_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,19 @@ def test_attention(tmp_path):
             assert record[name] >= 0, name
     assert rows[("jax_dpa", "xla")]["time_vs_jax_dpa"] == 1.0
     assert "| mta_full | dense | 1 | 2 | 8 | 16 | ok |" in (tmp_path / "bench.md").read_text()
+
+
+def test_attention_inputs_in_bfloat16():
+    """--dtype bfloat16: q, k, v in bfloat16, the MTA parameters float32, the output bfloat16."""
+    import jax
+    import ml_dtypes
+
+    inputs = attention.attention_inputs("mta_full", 1, 16, 2, 8, "bfloat16")
+    assert {inputs[name].dtype for name in "qkv"} == {np.dtype(ml_dtypes.bfloat16)}
+    assert inputs["kq_pre"].dtype == inputs["head_post"].dtype == np.float32
+    for impl in ("dense", "blockwise"):
+        out = jax.eval_shape(attention.attention_fn("mta_full", impl), inputs)
+        assert out.dtype == ml_dtypes.bfloat16 and out.shape == (1, 16, 2, 8)
 
 
 def test_decode(tmp_path):
@@ -171,6 +185,7 @@ def test_markdown_section_is_rewritten_in_place(tmp_path):
         ["attention", "--T", "0"],
         ["attention", "--T", "-8"],
         ["attention", "--variants", "diff", "--heads", "3"],
+        ["attention", "--dtype", "float16"],
         ["decode", "--contexts", "0"],
         ["train", "--config", "configs/missing.yaml"],
         ["train", "model.no_such_key=1"],

@@ -69,6 +69,10 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         default=["dense", "blockwise"], metavar="IMPL",
         help="MTA impls of the attention part (default: dense blockwise)",
     )  # fmt: skip
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32",
+        help="dtype of the attention part's q, k, v (cuDNN's row is always bfloat16)",
+    )  # fmt: skip
     parser.add_argument("--train-batch", type=positive_int, default=8, help="LMs' batch size")
     parser.add_argument("--steps", type=positive_int, default=5, help="timed train steps")
     parser.add_argument("--loop-steps", type=positive_int, default=50, help="timed loop steps")
@@ -104,7 +108,8 @@ def _attention(args, rec) -> None:
     sub = argparse.Namespace(
         T=args.T or ([16, 32] if args.tiny else [2048, 8192, 32768]),
         variants=variants, impls=args.impls, batch=1, repeats=2 if args.tiny else 5,
-        warmup=1, timeout=args.timeout, max_memory_gb=_device_memory_gb(), **sizes,
+        warmup=1, timeout=args.timeout, max_memory_gb=_device_memory_gb(), dtype=args.dtype,
+        **sizes,
     )  # fmt: skip
     attention.run(sub, _Summarised(rec, _attention_summary))
 
@@ -112,7 +117,8 @@ def _attention(args, rec) -> None:
 def _attention_summary(r: dict) -> dict:
     return {
         "name": f"{r['variant']} {r['impl']}",
-        "setting": f"B={r.get('B')} H={r.get('H')} D={r.get('D')} T={r.get('T')} fwd+bwd",
+        "setting": f"B={r.get('B')} H={r.get('H')} D={r.get('D')} T={r.get('T')} "
+        f"{r.get('dtype', 'float32')} fwd+bwd",
         "value": r.get("time_ms_median"),
         "unit": "ms",
         "ratio": r.get("time_vs_jax_dpa"),

@@ -66,18 +66,25 @@ def release_kernels(H: int) -> dict:
     }
 
 
-def attention_inputs(variant: str, B: int, T: int, H: int, D: int) -> dict:
-    """Random q, k, v and the variant's parameters (float32)."""
+def attention_inputs(variant: str, B: int, T: int, H: int, D: int, dtype: str = "float32") -> dict:
+    """Random q, k, v in dtype and the variant's parameters (float32)."""
+    import ml_dtypes
     import numpy as np
+
+    def cast(inputs):
+        wanted = np.dtype(getattr(ml_dtypes, dtype, dtype))
+        return inputs | {name: inputs[name].astype(wanted) for name in "qkv"}
 
     c_q, c_k = RELEASE_CONV
     if variant == "diff":  # H/2 DIFF heads: 2 * (H/2) half-heads of width D, values 2D
-        return {
-            "q": random_normal(0, (B, T, H, D)),
-            "k": random_normal(1, (B, T, H, D)),
-            "v": random_normal(2, (B, T, H // 2, 2 * D)),
-            "lam": np.float32(0.5),
-        }
+        return cast(
+            {
+                "q": random_normal(0, (B, T, H, D)),
+                "k": random_normal(1, (B, T, H, D)),
+                "v": random_normal(2, (B, T, H // 2, 2 * D)),
+                "lam": np.float32(0.5),
+            }
+        )
     inputs = {name: random_normal(i, (B, T, H, D)) for i, name in enumerate("qkv")}
     if variant == "mta_pre":
         inputs["kq_pre"] = random_normal(3, (H, c_q, c_k), 0.1)
@@ -89,7 +96,7 @@ def attention_inputs(variant: str, B: int, T: int, H: int, D: int) -> dict:
     if variant == "talking_heads":  # grouped pre and post mixing over all heads
         inputs["head_pre"] = random_normal(5, (1, H, H), 0.1)
         inputs["head_post"] = random_normal(6, (1, H, H), 0.1)
-    return inputs
+    return cast(inputs)
 
 
 def attention_fn(variant: str, impl: str):
@@ -116,7 +123,8 @@ def attention_fn(variant: str, impl: str):
             return out
         # group norm with scalar sigmoid gating, as Attention._norm in mta/model.py
         normed = rms_norm(out, x["out_norm"], 1e-5)
-        return normed * jax.nn.sigmoid(normed @ x["gate_w"] + x["gate_b"])[..., None]
+        gated = normed * jax.nn.sigmoid(normed @ x["gate_w"] + x["gate_b"])[..., None]
+        return gated.astype(out.dtype)
 
     return fn
 
@@ -156,10 +164,10 @@ def measure(item: dict) -> dict:
     import jax
 
     B, T, H, D = item["B"], item["T"], item["H"], item["D"]
-    inputs = attention_inputs(item["variant"], B, T, H, D)
+    inputs = attention_inputs(item["variant"], B, T, H, D, item.get("dtype", "float32"))
     step = attention_step(item["variant"], item["impl"])
     out = jax.eval_shape(attention_fn(item["variant"], item["impl"]), inputs)
-    cotangent = random_normal(99, out.shape)
+    cotangent = random_normal(99, out.shape).astype(out.dtype)
     compiled = jax.jit(step).lower(inputs, cotangent).compile()
     rss_before = rss_bytes(os.getpid()) / 2**20
     times = time_calls(
@@ -234,6 +242,7 @@ def run(args, rec: Recorder) -> None:
                 "B": args.batch,
                 "H": args.heads,
                 "D": args.head_dim,
+                "dtype": args.dtype,
                 "repeats": args.repeats,
                 "warmup": args.warmup,
             }

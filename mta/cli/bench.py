@@ -55,6 +55,13 @@ def _shape_options(parser, heads: int = 8, head_dim: int = 64) -> None:
     parser.add_argument("--batch", type=positive_int, default=1, help="B (default %(default)s)")
 
 
+def _dtype_option(parser) -> None:
+    parser.add_argument(
+        "--dtype", choices=("float32", "bfloat16"), default="float32",
+        help="dtype of q, k, v (default float32; the parameters stay float32)",
+    )  # fmt: skip
+
+
 def _subprocess_options(parser, timeout: float) -> None:
     parser.add_argument(
         "--timeout", type=positive_float, default=timeout, help="seconds per configuration"
@@ -98,6 +105,7 @@ def build_parser(prog=None) -> argparse.ArgumentParser:
         help="reference, dense, blockwise and/or pallas (default: dense blockwise)",
     )  # fmt: skip
     _shape_options(att)
+    _dtype_option(att)
     att.add_argument("--repeats", type=positive_int, default=5, help="timed calls (median)")
     att.add_argument(
         "--warmup", type=non_negative_int, default=1, help="untimed calls after compile (>= 0)"
