@@ -164,22 +164,28 @@ def _dq_taps(tiles: Tiles, t, h, i0, j0, d_z, dqs_ref, d_theta_ref):
             k_conv = tiles.k_conv(h, j0, a).astype(dtype)
             dqs_ref[t, a, :, :] += dot_nn(d_z, k_conv) * scale
             u = dot_tn(d_z, tiles.rows("q", h, i0, c_q - 1 - a))  # [bk, D]
-            for b in range(c_k):
+
+            def col_tap(b, vec):
                 k = tiles.cols("k", h, j0, b - r)
-                vec = vec + jnp.where(slots == a * c_k + b, jnp.sum(k * u), 0.0)
-            return vec
+                return vec + jnp.where(slots == a * c_k + b, jnp.sum(k * u), 0.0)
+
+            return lax.fori_loop(0, c_k, col_tap, vec)
 
         return lax.fori_loop(0, c_q, row_tap, vec)
 
     def exact(vec):
         def row_tap(a, vec):
             q = tiles.rows("q", h, i0, c_q - 1 - a)
-            acc = jnp.zeros((lay.block_q, lay.dim), jnp.float32)
-            for b in range(c_k):
+
+            def col_tap(b, carry):
+                acc, vec = carry
                 masked = jnp.where(tiles.tap_mask(i0, j0, a, b), d_z, 0.0).astype(dtype)
                 g = dot_nn(masked, tiles.cols("k", h, j0, b - r))
-                acc = acc + tiles.theta(h, a, b) * g
                 vec = vec + jnp.where(slots == a * c_k + b, jnp.sum(q * g), 0.0)
+                return acc + tiles.theta(h, a, b) * g, vec
+
+            zeros = jnp.zeros((lay.block_q, lay.dim), jnp.float32)
+            acc, vec = lax.fori_loop(0, c_k, col_tap, (zeros, vec))
             dqs_ref[t, a, :, :] += acc * scale
             return vec
 
@@ -243,9 +249,12 @@ def _dk_taps(tiles: Tiles, t, h, i0, j0, d_z, dks_ref):
     def exact():
         def row_tap(a, carry):
             q = tiles.rows("q", h, i0, c_q - 1 - a)
-            for b in range(c_k):
+
+            def col_tap(b, carry):
                 masked = jnp.where(tiles.tap_mask(i0, j0, a, b), d_z, 0.0).astype(dtype)
                 dks_ref[t, b, :, :] += tiles.theta(h, a, b) * dot_tn(masked, q) * scale
+
+            lax.fori_loop(0, c_k, col_tap, None)
 
         lax.fori_loop(0, c_q, row_tap, None)
 

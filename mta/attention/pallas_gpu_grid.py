@@ -14,6 +14,8 @@ from jax.experimental.pallas import triton as pl_triton
 from mta.attention.kernels import dense_mixing
 from mta.attention.pallas_gpu_tiles import Layout, Tiles
 
+# Triton's launch options for every kernel (the Triton IR does not depend on them)
+NUM_WARPS, NUM_STAGES = 4, 2
 # the MTA weights (argument name -> kernel ref name), passed whole; every other input gives a
 # program its batch row
 WEIGHTS = {"kq_pre": "theta", "head_pre": "mix", "kq_post": "theta_post", "head_post": "mix_post"}
@@ -95,7 +97,7 @@ def call(lay: Layout, kernel, key_major: bool, inputs: dict, outputs: list, name
         in_specs=specs,
         out_specs=[pl.BlockSpec(block_shape, index) for _, _, block_shape, index in outputs],
         interpret=lay.interpret,
-        compiler_params=pl_triton.CompilerParams(num_warps=4, num_stages=2),
+        compiler_params=pl_triton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
         name=name,
     )(*inputs.values())
     return results[:-1] if lay.staged_heads else results

@@ -58,15 +58,17 @@ def post_conv(tiles: Tiles, scratch, heads: list, i0, j0, d_c=None):
     for t, g in enumerate(heads):
 
         def row_tap(a, carry, t=t, g=g):
-            c, vec = carry
             s = c_q - 1 - a
             same_doc = tiles.same_doc(i0, s)
-            for b in range(c_k):
+
+            def col_tap(b, carry):
+                c, vec = carry
                 p = jnp.where(same_doc, scratch[t, pl.ds(m - s, bq), pl.ds(m + b - r, bk)], 0.0)
-                c = c + tiles.theta(g, a, b, "theta_post") * p
                 if d_c is not None:
                     vec = vec + jnp.where(slots == a * c_k + b, jnp.sum(d_c[t] * p), 0.0)
-            return c, vec
+                return c + tiles.theta(g, a, b, "theta_post") * p, vec
+
+            return lax.fori_loop(0, c_k, col_tap, carry)
 
         start = (jnp.zeros((bq, bk), jnp.float32), jnp.zeros(slots.shape, jnp.float32))
         c, vec = lax.fori_loop(0, c_q, row_tap, start)
@@ -105,10 +107,12 @@ def d_probs(tiles: Tiles, scratch, heads: list, i0, j0) -> list:
         def row_tap(a, acc, t=t, g=g):
             s = c_q - 1 - a
             same_doc = tiles.same_doc(i0 + s, s)  # rows i + s and i
-            for b in range(c_k):
+
+            def col_tap(b, acc):
                 d_c = scratch[t, pl.ds(s, bq), pl.ds(m - b + r, bk)]
-                acc = acc + tiles.theta(g, a, b, "theta_post") * jnp.where(same_doc, d_c, 0.0)
-            return acc
+                return acc + tiles.theta(g, a, b, "theta_post") * jnp.where(same_doc, d_c, 0.0)
+
+            return lax.fori_loop(0, c_k, col_tap, acc)
 
         out.append(lax.fori_loop(0, c_q, row_tap, jnp.zeros((bq, bk), jnp.float32)))
     return out

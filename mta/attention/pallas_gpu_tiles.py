@@ -222,17 +222,26 @@ class Tiles:
 
     # --- the conv moved onto q or k (clean tiles)
 
+    # The tap sums are loops, not unrolled: unrolled, Triton issues every tap's load at once and
+    # spills (scripts/gpu_kernel_ir.py --cubin; docs/benchmarks.md).
+
     def q_conv(self, h, i0, b, n=None):
         """sum_a theta[h, a, b] q[i - s_a]: [n, D] float32."""
-        c_q = self.lay.taps[0]
-        taps = [self.theta(h, a, b) * self.rows("q", h, i0, c_q - 1 - a, n) for a in range(c_q)]
-        return sum(taps[1:], taps[0])
+        c_q, n = self.lay.taps[0], n or self.lay.block_q
+
+        def tap(a, acc):
+            return acc + self.theta(h, a, b) * self.rows("q", h, i0, c_q - 1 - a, n)
+
+        return lax.fori_loop(0, c_q, tap, jnp.zeros((n, self.lay.dim), jnp.float32))
 
     def k_conv(self, h, j0, a, n=None):
         """sum_b theta[h, a, b] k[j + d_b]: [n, D] float32."""
-        c_k, r = self.lay.taps[1], self.lay.r_pre
-        taps = [self.theta(h, a, b) * self.cols("k", h, j0, b - r, n) for b in range(c_k)]
-        return sum(taps[1:], taps[0])
+        c_k, r, n = self.lay.taps[1], self.lay.r_pre, n or self.lay.block_k
+
+        def tap(b, acc):
+            return acc + self.theta(h, a, b) * self.cols("k", h, j0, b - r, n)
+
+        return lax.fori_loop(0, c_k, tap, jnp.zeros((n, self.lay.dim), jnp.float32))
 
     def theta(self, h, a, b, name="theta"):
         return self.refs[name][h, a, b]
@@ -251,11 +260,13 @@ class Tiles:
         def exact(h):
             def row_tap(a, z):
                 q = self.rows("q", h, i0, c_q - 1 - a, n_r)
-                for b in range(c_k):
+
+                def col_tap(b, z):
                     x = dot(q, self.cols("k", h, j0, b - r, n_c))
                     keep = self.tap_mask(i0, j0, a, b, n_r, n_c)
-                    z = z + self.theta(h, a, b) * jnp.where(keep, x, 0.0)
-                return z
+                    return z + self.theta(h, a, b) * jnp.where(keep, x, 0.0)
+
+                return lax.fori_loop(0, c_k, col_tap, z)
 
             return lax.fori_loop(0, c_q, row_tap, zeros)
 
