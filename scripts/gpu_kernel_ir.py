@@ -118,6 +118,7 @@ def main() -> None:
     )
     parser.add_argument("--cubin", action="store_true", help="also compile for sm_90 (triton)")
     parser.add_argument("--num-warps", type=int, nargs="+", default=[NUM_WARPS])
+    parser.add_argument("--modules", type=int, nargs="+", help="compile these module indices")
     args = parser.parse_args()
     if args.cubin:
         try:
@@ -147,6 +148,8 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, modules in compiled:
         for i, module in enumerate(modules):
+            if args.modules and i not in args.modules:
+                continue
             for warps in args.num_warps:
                 r = cubin_resources(module, warps, NUM_STAGES)
                 if "error" in r:

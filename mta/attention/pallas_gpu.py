@@ -25,6 +25,11 @@ from mta.attention.pallas_gpu_tiles import Layout, Tiles, dot_nn
 
 BLOCK_Q = 64
 BLOCK_K = 64
+# Query blocks of a program that holds more than 2 heads (the heads a mixing joins): each head's
+# softmax state stays live, at 16 heads and 64-row blocks 256 KiB of float32, an SM's whole
+# register file. 16-row blocks cut the release setting's register spills from 6.1 KB to 56 bytes
+# per thread in the forward (scripts/gpu_kernel_ir.py --cubin; docs/benchmarks.md).
+BLOCK_Q_MANY_HEADS = 16
 
 
 def attention(
@@ -37,17 +42,21 @@ def attention(
     head_post=None,
     segment_ids=None,
     *,
-    block_q: int = BLOCK_Q,
-    block_k: int = BLOCK_K,
+    block_q: int | None = None,
+    block_k: int | None = None,
     interpret: bool = False,
 ):
     """q [B,T,H,D], k/v [B,S,K,D] (K divides H) -> [B,T,H,D] (v's dtype). kq_pre / kq_post
     [H, c_q, c_k], head_pre / head_post [H, H] (linear) or [H // c_h, c_h, c_h] (grouped) and
-    segment_ids [B, T] (T == S) as in the reference; gradients w.r.t. all but segment_ids."""
+    segment_ids [B, T] (T == S) as in the reference; gradients w.r.t. all but segment_ids.
+    block_q / block_k: None for default_blocks."""
     pre, post = _taps(kq_pre), _taps(kq_post)
+    default_q, default_k = default_blocks(q.shape[2], head_pre, head_post)
+    block_q = default_q if block_q is None else block_q
+    block_k = default_k if block_k is None else block_k
     lay = Layout(
         q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], block_q, block_k, pre, post,
-        _program_heads(q.shape[2], head_pre, head_post), head_pre is not None,
+        program_heads(q.shape[2], head_pre, head_post), head_pre is not None,
         head_post is not None, segment_ids is not None, interpret,
     )  # fmt: skip
     if pre[0] - 1 > block_q or pre[1] - 1 > block_k or lay.margin > min(block_q, block_k):
@@ -64,13 +73,20 @@ def _taps(kernel) -> tuple:
     return (1, 1) if kernel is None else tuple(kernel.shape[1:])
 
 
-def _program_heads(heads: int, *mixings) -> int:
-    """Heads per program: the consecutive heads the pre and post mixing join (1 without)."""
+def program_heads(heads: int, *mixings) -> int:
+    """Heads per program: the consecutive heads the pre and post mixing join (1 without).
+    mixings: head_pre / head_post arrays (or shapes' holders) or None."""
     group = 1
     for mix in mixings:
         if mix is not None:
             group = math.lcm(group, heads if mix.ndim == 2 else mix.shape[1])
     return group
+
+
+def default_blocks(heads: int, head_pre=None, head_post=None) -> tuple[int, int]:
+    """(block_q, block_k) of the GPU kernels for H = heads and these mixings."""
+    many = program_heads(heads, head_pre, head_post) > 2
+    return (BLOCK_Q_MANY_HEADS if many else BLOCK_Q), BLOCK_K
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0,))

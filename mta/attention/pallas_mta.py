@@ -48,17 +48,18 @@ def multi_token_attention_pallas(
     head_post=None,
     segment_ids=None,
     *,
-    block_q: int = BLOCK_Q,
-    block_k: int = BLOCK_K,
+    block_q: int | None = None,
+    block_k: int | None = None,
     interpret: bool | None = None,
     tuned: bool = False,
 ) -> jax.Array:
     """Pallas MTA: q [B,T,H,D], k/v [B,S,K,D] (K divides H) -> [B,T,H,D] (v's dtype).
 
     Same arguments and result as the reference (mta/attention/reference.py). block_q / block_k
-    need not divide T / S. interpret: Pallas interpret mode (None: on the CPU backend). Compiled
-    on a GPU backend the Triton-shaped kernels of pallas_gpu.py run; what they do not cover
-    falls back to blockwise (not_in_kernel).
+    need not divide T / S (None: BLOCK_Q x BLOCK_K, on a GPU pallas_gpu.default_blocks).
+    interpret: Pallas interpret mode (None: on the CPU backend). Compiled on a GPU backend the
+    Triton-shaped kernels of pallas_gpu.py run; what they do not cover falls back to blockwise
+    (not_in_kernel).
     tuned is passed on to the blockwise fallback only.
     """
     given = dict(kq_pre=kq_pre, head_pre=head_pre, kq_post=kq_post, head_post=head_post)
@@ -69,12 +70,17 @@ def multi_token_attention_pallas(
     if q.shape[1] > k.shape[1]:
         raise ValueError(f"queries are the last T of S keys: T={q.shape[1]} > S={k.shape[1]}")
     check_segments(segment_ids, q.shape, k.shape)
-    if block_q < 1 or block_k < 1:
-        raise ValueError(f"block sizes must be positive, got block_q={block_q}, block_k={block_k}")
     backend = _backend()
     if interpret is None:
         interpret = backend == "cpu"
     on_gpu = backend == "gpu" and not interpret
+    default_q, default_k = (BLOCK_Q, BLOCK_K)
+    if on_gpu:
+        default_q, default_k = pallas_gpu.default_blocks(q.shape[2], head_pre, head_post)
+    block_q = default_q if block_q is None else block_q
+    block_k = default_k if block_k is None else block_k
+    if block_q < 1 or block_k < 1:
+        raise ValueError(f"block sizes must be positive, got block_q={block_q}, block_k={block_k}")
     reason = not_in_kernel(spec, on_gpu, (q.shape[3], block_q, block_k))
     if reason:
         log.info("impl=pallas: %s; using blockwise", reason)

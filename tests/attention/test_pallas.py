@@ -176,11 +176,17 @@ def test_gpu_backend_routes_to_the_triton_kernels(caplog, monkeypatch):
     multi_token_attention_pallas(q, k, v, **kernels, segment_ids=segment_ids)
     assert len(calls) == 1 and calls[0]["block_q"] == calls[0]["block_k"] == 64
     assert all(calls[0][name] is kernels[name] for name in kernels)
+    # linear pre mixing joins all 4 heads in one program: 16-row query blocks by default
+    linear = {**kernels, "head_pre": np.eye(4, dtype=np.float32)}
+    multi_token_attention_pallas(q, k, v, **linear, segment_ids=segment_ids)
+    assert calls[1]["block_q"] == 16 and calls[1]["block_k"] == 64
+    multi_token_attention_pallas(q, k, v, **linear, block_q=32)
+    assert calls[2]["block_q"] == 32
     with caplog.at_level(logging.INFO, logger="mta.attention.pallas_mta"):
         out = multi_token_attention_pallas(q, k, v, **kernels, block_q=48)
     lines = [r.getMessage() for r in caplog.records if r.name == "mta.attention.pallas_mta"]
     assert len(lines) == 1 and "powers of two" in lines[0] and "blockwise" in lines[0]
-    assert len(calls) == 1
+    assert len(calls) == 3
     want = multi_token_attention_reference(q, k, v, **kernels)
     np.testing.assert_allclose(out, want, rtol=RTOL, atol=ATOL)
 
