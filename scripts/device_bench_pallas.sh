@@ -14,7 +14,10 @@
 # Records are appended as they come (accelerator.jsonl, accelerator.md, log.txt), a row stops
 # at its first timeout, so a cut-off run keeps what it measured.
 #
-# Python packages the machine lacks can travel as wheels in .whl/ (installed into /tmp/site).
+# Python packages the machine lacks can travel as wheels in .whl/ (installed into /tmp/site):
+# the lent GPU machines (jax 0.11.2, Python 3.12, no network) lack omegaconf and zstandard:
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#         --platform manylinux2014_x86_64 -d .whl zstandard==0.25.0 omegaconf==2.4.0
 # A machine without network keeps the jax it has; env.txt and every record's note name it.
 set -uo pipefail
 OUT=${OUT:-/tmp/device_bench_pallas}

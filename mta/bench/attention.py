@@ -71,21 +71,11 @@ def attention_inputs(variant: str, B: int, T: int, H: int, D: int, dtype: str = 
     import ml_dtypes
     import numpy as np
 
-    def cast(inputs):
-        wanted = np.dtype(getattr(ml_dtypes, dtype, dtype))
-        return inputs | {name: inputs[name].astype(wanted) for name in "qkv"}
-
     c_q, c_k = RELEASE_CONV
-    if variant == "diff":  # H/2 DIFF heads: 2 * (H/2) half-heads of width D, values 2D
-        return cast(
-            {
-                "q": random_normal(0, (B, T, H, D)),
-                "k": random_normal(1, (B, T, H, D)),
-                "v": random_normal(2, (B, T, H // 2, 2 * D)),
-                "lam": np.float32(0.5),
-            }
-        )
     inputs = {name: random_normal(i, (B, T, H, D)) for i, name in enumerate("qkv")}
+    if variant == "diff":  # H/2 DIFF heads: 2 * (H/2) half-heads of width D, values 2D
+        inputs["v"] = random_normal(2, (B, T, H // 2, 2 * D))
+        inputs["lam"] = np.float32(0.5)
     if variant == "mta_pre":
         inputs["kq_pre"] = random_normal(3, (H, c_q, c_k), 0.1)
     if variant == "mta_full":
@@ -96,7 +86,8 @@ def attention_inputs(variant: str, B: int, T: int, H: int, D: int, dtype: str = 
     if variant == "talking_heads":  # grouped pre and post mixing over all heads
         inputs["head_pre"] = random_normal(5, (1, H, H), 0.1)
         inputs["head_post"] = random_normal(6, (1, H, H), 0.1)
-    return cast(inputs)
+    wanted = np.dtype(getattr(ml_dtypes, dtype, dtype))
+    return inputs | {name: inputs[name].astype(wanted) for name in "qkv"}
 
 
 def attention_fn(variant: str, impl: str):
