@@ -56,7 +56,7 @@ def attention(
     block_k = default_k if block_k is None else block_k
     lay = Layout(
         q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], block_q, block_k, pre, post,
-        program_heads(q.shape[2], head_pre, head_post), head_pre is not None,
+        _program_heads(q.shape[2], head_pre, head_post), head_pre is not None,
         head_post is not None, segment_ids is not None, interpret,
     )  # fmt: skip
     if pre[0] - 1 > block_q or pre[1] - 1 > block_k or lay.margin > min(block_q, block_k):
@@ -73,9 +73,8 @@ def _taps(kernel) -> tuple:
     return (1, 1) if kernel is None else tuple(kernel.shape[1:])
 
 
-def program_heads(heads: int, *mixings) -> int:
-    """Heads per program: the consecutive heads the pre and post mixing join (1 without).
-    mixings: head_pre / head_post arrays (or shapes' holders) or None."""
+def _program_heads(heads: int, *mixings) -> int:
+    """Heads per program: the consecutive heads the pre and post mixing join (1 without)."""
     group = 1
     for mix in mixings:
         if mix is not None:
@@ -85,7 +84,7 @@ def program_heads(heads: int, *mixings) -> int:
 
 def default_blocks(heads: int, head_pre=None, head_post=None) -> tuple[int, int]:
     """(block_q, block_k) of the GPU kernels for H = heads and these mixings."""
-    many = program_heads(heads, head_pre, head_post) > 2
+    many = _program_heads(heads, head_pre, head_post) > 2
     return (BLOCK_Q_MANY_HEADS if many else BLOCK_Q), BLOCK_K
 
 

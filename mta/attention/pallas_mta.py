@@ -74,7 +74,7 @@ def multi_token_attention_pallas(
     if interpret is None:
         interpret = backend == "cpu"
     on_gpu = backend == "gpu" and not interpret
-    default_q, default_k = (BLOCK_Q, BLOCK_K)
+    default_q, default_k = BLOCK_Q, BLOCK_K
     if on_gpu:
         default_q, default_k = pallas_gpu.default_blocks(q.shape[2], head_pre, head_post)
     block_q = default_q if block_q is None else block_q
