@@ -1,8 +1,9 @@
 """Multi-Token Attention as Pallas kernels shaped for the Triton (GPU) lowering: key-query conv and
 head mixing before and after the softmax, causal and document masks, GQA, float32 accumulation.
 Forward here; backward in pallas_gpu_backward.py; tile math (halos as shifted loads, clean and
-exact tiles) in pallas_gpu_tiles.py; the post-softmax part (halos staged in memory) in
-pallas_gpu_post.py.
+exact tiles) in pallas_gpu_tiles.py; the post-softmax part in pallas_gpu_post.py, its halos
+staged in memory in pallas_gpu_window.py; programs of several heads as loops over them in
+pallas_gpu_heads.py.
 
 Forward: a program (batch row, query block, head group) holds the heads its mixing joins (1
 without mixing, c_h grouped, all H for [H, H]) and runs an online softmax over the key blocks up
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 from mta.attention import pallas_gpu_backward
 from mta.attention.kernels import dense_mixing
 from mta.attention.pallas_gpu_grid import call, pad_time, padded_inputs, scratch_spec
+from mta.attention.pallas_gpu_heads import HeadLoop
 from mta.attention.pallas_gpu_post import post_out_kernel
 from mta.attention.pallas_gpu_tiles import Layout, Tiles, dot_nn
 
@@ -146,7 +148,13 @@ def forward_kernel(tiles: Tiles, i0, heads, *refs):
 
     def step(kb, carry):
         j0 = kb * lay.block_k
-        y = tiles.mixed(heads, tiles.head_logits(heads, i0, j0))
+        if lay.staged_heads:  # one head's logits code, in a loop (pallas_gpu_heads.py)
+            loop = HeadLoop(tiles, heads)
+            loop.logits(i0, j0, bq, lay.block_k)
+            z = [loop.z[t, :, :] for t in range(len(heads))]
+        else:
+            z = [tiles.logits(h, i0, j0) for h in heads]
+        y = tiles.mixed(heads, z)
         keep = tiles.allowed(i0, j0)
         new = []
         for h, y_h, (m, l_, acc) in zip(heads, y, carry, strict=True):

@@ -18,9 +18,11 @@ reads dz^T @ q[i - s_a] (c_q dots); other tiles take each masked tap on its own.
 
 import jax.numpy as jnp
 from jax import lax
+from jax.experimental import pallas as pl
 from jax.scipy.linalg import block_diag
 
 from mta.attention.pallas_gpu_grid import call, clear_sums, pad_time, scratch_spec
+from mta.attention.pallas_gpu_heads import HeadLoop
 from mta.attention.pallas_gpu_post import d_probs, post_delta_kernel, post_dv_kernel
 from mta.attention.pallas_gpu_tiles import Layout, Tiles, dot_nn, dot_tn, pow2
 
@@ -133,17 +135,21 @@ def dq_kernel(tiles: Tiles, i0, heads, dqs_ref, *refs):
 
     def step(kb, carry):
         j0 = kb * lay.block_k
-        z = tiles.head_logits(heads, i0, j0)
+        if lay.staged_heads:
+            loop = HeadLoop(tiles, heads, scratch)
+            d_z = loop.d_logits(i0, j0, d_mix_ref=d_mix_ref)
+            loop.each(lambda t, h: _dq_taps(tiles, t, h, i0, j0, _tile(lay, d_z, t), dqs_ref,
+                                            d_theta_ref))  # fmt: skip
+            return
+        z = [tiles.logits(h, i0, j0) for h in heads]
         _, d_y = tiles.d_logits(heads, i0, j0, z, _d_probs(tiles, scratch, heads, i0, j0))
         if lay.mixing:
             slots = lax.broadcasted_iota(jnp.int32, d_mix_ref.shape[-1:], 0)
             for t, d in enumerate(d_y):
                 terms = [jnp.where(slots == u, jnp.sum(d * z_u), 0.0) for u, z_u in enumerate(z)]
                 d_mix_ref[t, :] += sum(terms[1:], terms[0])
-        d_z = tiles.unmixed(heads, d_y)
-        tiles.each_head(
-            heads, d_z, lambda t, h, x: _dq_taps(tiles, t, h, i0, j0, x, dqs_ref, d_theta_ref)
-        )
+        for t, (h, d_z) in enumerate(zip(heads, tiles.unmixed(heads, d_y), strict=True)):
+            _dq_taps(tiles, t, h, i0, j0, d_z, dqs_ref, d_theta_ref)
 
     lax.fori_loop(0, lay.key_block_end(i0), step, None)
 
@@ -210,16 +216,26 @@ def dkv_kernel(tiles: Tiles, j0, heads, dks_ref, last_ref):
 
     def step(qb, carry):
         i0 = qb * lay.block_q
-        z = tiles.head_logits(heads, i0, j0)
+        if lay.staged_heads:
+            loop = HeadLoop(tiles, heads, scratch)
+            d_z = loop.d_logits(i0, j0, dv_ref=dv_ref)
+            loop.each(lambda t, h: _dk_taps(tiles, t, h, i0, j0, _tile(lay, d_z, t), dks_ref))
+            return
+        z = [tiles.logits(h, i0, j0) for h in heads]
         probs, d_y = tiles.d_logits(heads, i0, j0, z, _d_probs(tiles, scratch, heads, i0, j0))
         for t, (g, p) in enumerate(zip(heads, probs, strict=True)):
             if dv_ref is not None:
                 d_out = tiles.rows("d_out", g, i0)
                 dv_ref[t, :, :] += dot_tn(p.astype(d_out.dtype), d_out)
-        d_z = tiles.unmixed(heads, d_y)
-        tiles.each_head(heads, d_z, lambda t, h, x: _dk_taps(tiles, t, h, i0, j0, x, dks_ref))
+        for t, (h, d_z) in enumerate(zip(heads, tiles.unmixed(heads, d_y), strict=True)):
+            _dk_taps(tiles, t, h, i0, j0, d_z, dks_ref)
 
     lax.fori_loop(lay.query_block_start(j0), lay.num_qb, step, None)
+
+
+def _tile(lay: Layout, buf, t):
+    """Program head t's [bq, bk] tile at the corner of a HeadLoop buffer."""
+    return buf[t, pl.ds(0, lay.block_q), pl.ds(0, lay.block_k)]
 
 
 def _d_probs(tiles: Tiles, scratch, heads: list, i0, j0) -> list:

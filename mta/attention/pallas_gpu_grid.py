@@ -55,7 +55,8 @@ def pad_time(x, widths, value=0.0):
 
 
 def scratch_spec(lay: Layout, batch: int, num_blocks: int):
-    """The output a program of pallas_gpu_post stages its window in: [G, bq + M, bk + 2M]."""
+    """The output a program stages the post conv's window in (pallas_gpu_window.py):
+    [G, bq + M, bk + 2M]."""
     rows, cols = lay.block_q + lay.margin, lay.block_k + 2 * lay.margin
     shape = (batch, num_blocks, lay.heads, rows, cols)
     return shape, jnp.float32, (None, None, lay.group, rows, cols), lambda b, i, g: (b, i, g, 0, 0)
@@ -77,16 +78,17 @@ def call(lay: Layout, kernel, key_major: bool, inputs: dict, outputs: list, name
     names = list(inputs)
     block = lay.block_k if key_major else lay.block_q
     batch = inputs["q"].shape[0]
-    if lay.staged_heads:  # Tiles.head_logits's scratch: [G, bq, bk] per program
+    if lay.staged_heads:  # the z and work scratch of pallas_gpu_heads: [G, bq, bk] per program
         shape = (batch, num, lay.heads, lay.block_q, lay.block_k)
         block_shape = (None, None, lay.group, lay.block_q, lay.block_k)
-        outputs = [*outputs, (shape, jnp.float32, block_shape, lambda b, i, g: (b, i, g, 0, 0))]
+        buffer = (shape, jnp.float32, block_shape, lambda b, i, g: (b, i, g, 0, 0))
+        outputs = [*outputs, buffer, buffer]
 
     def body(*refs):
         tile_refs = dict(zip(names, refs[: len(names)], strict=True))
         out_refs = list(refs[len(names) :])
         if lay.staged_heads:
-            tile_refs["z_scratch"] = out_refs.pop()
+            tile_refs["work"], tile_refs["z_scratch"] = out_refs.pop(), out_refs.pop()
         heads = [pl.program_id(2) * lay.group + t for t in range(lay.group)]
         kernel(Tiles(lay, tile_refs), pl.program_id(1) * block, heads, *out_refs)
 
@@ -100,7 +102,7 @@ def call(lay: Layout, kernel, key_major: bool, inputs: dict, outputs: list, name
         compiler_params=pl_triton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
         name=name,
     )(*inputs.values())
-    return results[:-1] if lay.staged_heads else results
+    return results[:-2] if lay.staged_heads else results
 
 
 def lower_for_cuda(fn, *args) -> tuple:

@@ -1,5 +1,5 @@
 """Tile math of the Triton-shaped MTA kernels (pallas_gpu.py, pallas_gpu_post.py,
-pallas_gpu_backward.py).
+pallas_gpu_heads.py, pallas_gpu_backward.py).
 
 Triton takes no slice of a value held in registers, so every halo is a load from memory. Under the
 key-query conv a tile's logits are a sum of products of q rows shifted up by s = c_q - 1 - a and k
@@ -63,9 +63,9 @@ class Layout:
 
     @property
     def staged_heads(self) -> bool:
-        """Programs of more than 2 heads compute the heads' logits one at a time into a
-        scratch (Tiles.head_logits) instead of unrolling that code once per head."""
-        return self.group > 2
+        """Programs of more than one head keep per-head tiles in scratch and loop over the
+        heads (pallas_gpu_heads.py) instead of unrolling each head's code."""
+        return self.group > 1
 
     @property
     def r_pre(self) -> int:
@@ -288,38 +288,6 @@ class Tiles:
 
         return lax.cond(self.is_clean(i0, j0, n_r, n_c), clean, exact, h) * self.scale
 
-    def head_logits(self, heads: list, i0, j0, n_r=None, n_c=None) -> list:
-        """z of each program head: [n_r, n_c] each. With Layout.staged_heads a loop over the
-        heads writes them to the program's z scratch and they are read back, so the kernel body
-        holds one head's logits code (the unrolled form grew the Triton module per head)."""
-        if not self.lay.staged_heads:
-            return [self.logits(h, i0, j0, n_r, n_c) for h in heads]
-        n_r, n_c = n_r or self.lay.block_q, n_c or self.lay.block_k
-        scratch = self.refs["z_scratch"]
-
-        def one_head(t, carry):
-            z = self.logits(heads[0] + t, i0, j0, n_r, n_c)
-            scratch[t, pl.ds(0, n_r), pl.ds(0, n_c)] = z
-
-        barrier(self.lay)  # earlier reads of the scratch are done
-        lax.fori_loop(0, len(heads), one_head, None)
-        barrier(self.lay)
-        return [scratch[t, pl.ds(0, n_r), pl.ds(0, n_c)] for t in range(len(heads))]
-
-    def each_head(self, heads: list, tiles: list, fn):
-        """fn(t, head, tile) for the program's heads and their [block_q, block_k] tiles; with
-        Layout.staged_heads through the z scratch and a loop (one copy of fn's code)."""
-        if not self.lay.staged_heads:
-            for t, (h, tile) in enumerate(zip(heads, tiles, strict=True)):
-                fn(t, h, tile)
-            return
-        scratch = self.refs["z_scratch"]
-        barrier(self.lay)
-        for t, tile in enumerate(tiles):
-            scratch[t, :, :] = tile
-        barrier(self.lay)
-        lax.fori_loop(0, len(heads), lambda t, c: fn(t, heads[0] + t, scratch[t, :, :]), None)
-
     def mixed(self, heads: list, z: list, name="mix") -> list:
         """y_g = sum_h W[g, h] z_h over the program's heads (z itself without that mixing)."""
         if name not in self.refs:
@@ -329,7 +297,7 @@ class Tiles:
 
     def probs(self, heads: list, i0, j0, n_r=None, n_c=None) -> list:
         """Softmax probabilities from the row log-sum-exp, 0 where masked: [n_r, n_c] per head."""
-        y = self.mixed(heads, self.head_logits(heads, i0, j0, n_r, n_c))
+        y = self.mixed(heads, [self.logits(h, i0, j0, n_r, n_c) for h in heads])
         keep = self.allowed(i0, j0, 0, 0, n_r, n_c)
         lse = [self.rows("lse", g, i0, 0, n_r)[:, None] for g in heads]
         return [jnp.where(keep, jnp.exp(y_g - m), 0.0) for y_g, m in zip(y, lse, strict=True)]

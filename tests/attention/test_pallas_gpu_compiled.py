@@ -32,8 +32,8 @@ def _for_triton(combo: Combo) -> Combo:
     return dataclasses.replace(combo, dim=32, blocks=tuple(max(b, 16) for b in combo.blocks))
 
 
-# The release setting's form with 4 heads (Triton compiles a 16-head program for minutes; 4
-# heads take the same loop over a program's heads): D = 64, 6 x 11 convolutions before and
+# The release setting's form with 4 heads (they take the same loops over a program's heads as
+# 16, and compile in less of the check's time): D = 64, 6 x 11 convolutions before and
 # after the softmax, linear pre mixing, grouped post mixing over all heads, two documents per
 # row, the default blocks for such programs (16 x 64), which do not divide T.
 RELEASE = Combo("release_form_4_heads_docs", heads=4, kv_heads=4, pre=(6, 11), head_pre="linear",
