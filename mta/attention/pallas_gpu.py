@@ -58,8 +58,8 @@ def attention(
     block_k = default_k if block_k is None else block_k
     lay = Layout(
         q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], block_q, block_k, pre, post,
-        _program_heads(q.shape[2], head_pre, head_post), head_pre is not None,
-        head_post is not None, segment_ids is not None, interpret,
+        _program_heads(q.shape[2], head_pre, head_post), _mixing_group(q.shape[2], head_pre),
+        _mixing_group(q.shape[2], head_post), segment_ids is not None, interpret,
     )  # fmt: skip
     if pre[0] - 1 > block_q or pre[1] - 1 > block_k or lay.margin > min(block_q, block_k):
         raise ValueError(
@@ -75,13 +75,14 @@ def _taps(kernel) -> tuple:
     return (1, 1) if kernel is None else tuple(kernel.shape[1:])
 
 
+def _mixing_group(heads: int, mix) -> int:
+    """Heads one group of a mixing joins: H for [H, H], c_h for [H // c_h, c_h, c_h]; 0: none."""
+    return 0 if mix is None else heads if mix.ndim == 2 else mix.shape[1]
+
+
 def _program_heads(heads: int, *mixings) -> int:
     """Heads per program: the consecutive heads the pre and post mixing join (1 without)."""
-    group = 1
-    for mix in mixings:
-        if mix is not None:
-            group = math.lcm(group, heads if mix.ndim == 2 else mix.shape[1])
-    return group
+    return math.lcm(1, *(_mixing_group(heads, mix) or 1 for mix in mixings))
 
 
 def default_blocks(heads: int, head_pre=None, head_post=None) -> tuple[int, int]:

@@ -48,8 +48,8 @@ class Layout:
     taps: tuple  # (c_q, c_k) of kq_pre; (1, 1) without it
     post_taps: tuple  # (c_q', c_k') of kq_post; (1, 1) without it
     group: int  # heads in one program: the heads the pre and post mixing join
-    mixing: bool
-    mixing_post: bool
+    mixing: int  # heads one group of the pre mixing joins (H if linear); 0 without it
+    mixing_post: int  # the same for the post mixing
     segments: bool
     interpret: bool
 
