@@ -39,7 +39,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 JAX=$("$PY" -c 'import jax; print(jax.__version__, jax.devices()[0].device_kind)') || exit 1
 
 if [ "$("$PY" -c 'import jax; print(jax.default_backend())')" = gpu ]; then
-    timeout 120 "$PY" -m pytest -q -p no:cacheprovider --tb=short --durations=0 \
+    timeout 180 "$PY" -m pytest -q -p no:cacheprovider --tb=short --durations=0 \
         tests/attention/test_pallas_gpu_compiled.py 2>&1 | tee "$OUT/pytest.txt"
 fi
 
@@ -51,7 +51,7 @@ bench() {  # $1: seconds for the whole command, then the bench arguments
         "$@" 2>&1 | tee -a "$OUT/log.txt"
 }
 
-bench 200 --T 8192 2048 --impls pallas --timeout 120
+bench 180 --T 8192 2048 --impls pallas --timeout 120
 bench 100 --T 32768 --impls pallas --timeout 90
-bench 150 --T 8192 2048 32768 --impls blockwise --timeout 60
+bench 120 --T 8192 2048 32768 --impls blockwise --timeout 60
 exit 0

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-from mta.attention.pallas_gpu_tiles import Tiles, barrier, dot_nn, dot_tn
+from mta.attention.pallas_gpu_tiles import Tiles, barrier, dot, dot_nn, dot_tn
 from mta.attention.pallas_gpu_window import conv_head, d_conv_head, stage
 
 
@@ -179,23 +179,43 @@ class HeadLoop:
         barrier(lay)
         if "mix" not in tiles.refs:
             return d_y_buf
-        mix, h0 = tiles.refs["mix"], self.heads[0]
+        if d_mix_ref is not None:
+            self.mixing_grad("mix", d_y_buf, self.z, d_mix_ref)
+            barrier(lay)  # z is read before it is overwritten
 
-        def d_z(t, h):  # dz_h = sum_g W[g, h] dy_g; z[t] is read before it is overwritten
-            z = self.z[(t, *_at(bq, bk))]
-
-            def term(u, acc):
-                d_y = d_y_buf[(u, *_at(bq, bk))]
-                if d_mix_ref is not None:
-                    slots = lax.broadcasted_iota(jnp.int32, d_mix_ref.shape[-1:], 0)
-                    d_mix_ref[u, :] += jnp.where(slots == t, jnp.sum(d_y * z), 0.0)
-                return acc + mix[h0 + u, h] * d_y
-
-            self.z[(t, *_at(bq, bk))] = self.over_group("mix", t, term, jnp.zeros_like(z))
+        def d_z(t, h):  # dz_h = sum_g W[g, h] dy_g
+            self.z[(t, *_at(bq, bk))] = self.mixed("mix", t, d_y_buf, bq, bk, transposed=True)
 
         self.each(d_z)
         barrier(lay)
         return self.z
+
+    def mixing_grad(self, name: str, d_buf, x_buf, d_mix_ref):
+        """Adds dW[g, h] = sum d_buf[g] x_buf[h] over the tile (y_g = sum_h W[g, h] x_h, d_buf
+        the gradient w.r.t. y) to d_mix_ref [G, P'] at row g, slot h - heads[0]. A program of
+        16 or more heads takes dots of each row's [G, bk] tiles; fewer (Triton's dots are 16
+        wide) sum each pair of head g's group."""
+        bq, bk, heads = self.lay.block_q, self.lay.block_k, len(self.heads)
+        if heads >= 16 and heads == d_mix_ref.shape[-1]:
+
+            def row(r, acc):
+                return acc + dot(d_buf[:, r, pl.ds(0, bk)], x_buf[:, r, pl.ds(0, bk)])
+
+            zeros = jnp.zeros((heads, heads), jnp.float32)
+            d_mix_ref[:, :] += lax.fori_loop(0, bq, row, zeros)
+            return
+        slots = lax.broadcasted_iota(jnp.int32, d_mix_ref.shape[-1:], 0)
+
+        def one(t, h):
+            d = d_buf[(t, *_at(bq, bk))]
+
+            def term(u, vec):
+                return vec + jnp.where(slots == u, jnp.sum(d * x_buf[(u, *_at(bq, bk))]), 0.0)
+
+            zeros = jnp.zeros(slots.shape, jnp.float32)
+            d_mix_ref[t, :] += self.over_group(name, t, term, zeros)
+
+        self.each(one)
 
     def post_grads(self, i0, j0, dv_ref, d_theta_ref, d_mix_ref):
         """post_dv_kernel's step: adds A^T dO to dv_ref [G, bk, D], d theta_post to
@@ -227,18 +247,10 @@ class HeadLoop:
             a = jnp.where(keep, self.mixed("mix_post", t, self.z, bq, bk), 0.0)
             d_out = tiles.rows("d_out", h, i0)
             dv_ref[t, :, :] += dot_tn(a.astype(d_out.dtype), d_out)
-            if d_mix_ref is not None:
-                d_a = self.work[(t, *_at(bq, bk))]
-                slots = lax.broadcasted_iota(jnp.int32, d_mix_ref.shape[-1:], 0)
-
-                def term(u, vec):
-                    c = self.z[(u, *_at(bq, bk))]
-                    return vec + jnp.where(slots == u, jnp.sum(d_a * c), 0.0)
-
-                zeros = jnp.zeros(slots.shape, jnp.float32)
-                d_mix_ref[t, :] += self.over_group("mix_post", t, term, zeros)
 
         self.each(dv)
+        if d_mix_ref is not None:
+            self.mixing_grad("mix_post", self.work, self.z, d_mix_ref)
 
     def out(self, i0, j0, o_ref):
         """post_out_kernel's step: adds A v to o_ref [G, bq, D]."""

@@ -45,6 +45,9 @@ COMBOS = [
           num_t=30, num_s=50, blocks=(16, 16), dim=8),
     Combo("post_conv_only_long_docs", heads=2, kv_heads=2, post=(3, 5), docs=((12, 52),),
           num_t=64, blocks=(16, 16), dim=8),
+    # 16 heads in a program: the mixings' weight gradients as dots over the heads
+    Combo("sixteen_heads_linear_grouped_gqa", heads=16, kv_heads=4, pre=(2, 3), head_pre="linear",
+          post=(2, 3), head_post=4, num_t=24, blocks=(16, 16), dim=8),
 ]  # fmt: skip
 
 
