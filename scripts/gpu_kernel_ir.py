@@ -22,7 +22,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from mta.attention import pallas_gpu, pallas_gpu_heads
+from mta.attention import pallas_gpu
 from mta.attention.pallas_gpu_grid import NUM_STAGES, NUM_WARPS, lower_for_cuda
 
 SETTINGS = {  # short name -> (description, the MTA kernels (c_q, c_k) and mixing forms)
@@ -116,20 +116,14 @@ def main() -> None:
     parser.add_argument("--cubin", action="store_true", help="also compile for sm_90 (triton)")
     parser.add_argument("--num-warps", type=int, nargs="+", default=[NUM_WARPS])
     parser.add_argument("--modules", type=int, nargs="+", help="compile these module indices")
-    parser.add_argument(
-        "--mix-with-dots", action="store_true",
-        help="programs of 16+ heads mix with dots over the heads (pallas_gpu_heads.MIX_WITH_DOTS)",
-    )  # fmt: skip
     args = parser.parse_args()
-    pallas_gpu_heads.MIX_WITH_DOTS = args.mix_with_dots
     if args.cubin:
         try:
             import triton
         except ImportError:
             parser.error('--cubin needs the triton package: pip install -e ".[gpu-ir]"')
     blocks = "x".join(map(str, args.blocks)) if args.blocks else "default"
-    dots = ", mixing with dots" if args.mix_with_dots else ""
-    print(f"T={args.T} H={args.heads} D={args.dim} blocks {blocks}{dots}")
+    print(f"T={args.T} H={args.heads} D={args.dim} blocks {blocks}")
     print(f"bfloat16, jax {jax.__version__}")
     print(
         "| setting | Triton modules (forward, then backward): MB of text | verified | lowering s |"

@@ -7,17 +7,14 @@ is a loop over the heads, so the kernel body holds one head's code and a tile or
 
 The program's buffers ([G, rows, cols] float32 outputs it owns, read back after a barrier):
 
-    z       [G, bq, bk]             logits of a tile or window piece; dz; dC, then C
-                                    (post_grads); A (out)
-    work    [G, bq, bk]             dA = mask(dO v^T); C (out); dP; y, then dy without a
-                                    post part
+    z       [G, bq, bk]             logits of a tile or window piece; dz; C (post_grads)
+    work    [G, bq, bk]             dA = mask(dO v^T); C (out); dP; dy without a post part
     window  [G, bq + M, bk + 2M]    the post conv's staged P or dC (pallas_gpu_window.py);
-                                    y, then dy; A (post_grads)
+                                    then dy
 
-A mixing y_g = sum_h W[g, h] x_h (HeadLoop.mix_all) writes y to a buffer: a loop over g with an
-inner loop over the heads h of g's mixing group (c_h of them, all G for a linear mixing) that
-reads one tile of x at a time, G c_h tile loads served by L1 / L2 instead of G live tiles; or,
-with MIX_WITH_DOTS, one dot over the heads per tile row.
+A mixing y_g = sum_h W[g, h] x_h is a loop over g with an inner loop over the heads h of g's
+mixing group (c_h of them, all G for a linear mixing) that reads one tile of x at a time: G c_h
+tile loads, served by L1 / L2, instead of G live tiles.
 """
 
 import jax.numpy as jnp
@@ -26,12 +23,6 @@ from jax.experimental import pallas as pl
 
 from mta.attention.pallas_gpu_tiles import Tiles, barrier, dot, dot_nn, dot_tn
 from mta.attention.pallas_gpu_window import conv_head, d_conv_head, stage
-
-# Mixings of 16 or more heads as one [G, G] x [G, cols] dot per tile row (G tile loads) instead
-# of a loop over each head's group (G c_h tile loads). Off: compiled for sm_90 it raised the
-# release setting's dq / dkv spills from 184 / 128 to 552 / 848 bytes per thread
-# (docs/benchmarks.md); which costs more on a GPU, only a GPU run can tell.
-MIX_WITH_DOTS = False
 
 
 def _at(n_r, n_c, at_r=0, at_c=0):
@@ -83,38 +74,6 @@ class HeadLoop:
 
         return self.over_group(name, t, term, jnp.zeros((n_r, n_c), jnp.float32))
 
-    @property
-    def dots(self) -> bool:
-        """Mix with dots over the heads (MIX_WITH_DOTS; Triton's dots are at least 16 wide)."""
-        heads = len(self.heads)
-        return MIX_WITH_DOTS and heads >= 16 and heads & (heads - 1) == 0
-
-    def mix_all(self, name: str, src, dst, n_r: int, n_c: int, transposed=False, at=(0, 0)):
-        """y_g = sum_h W[g, h] src[h] (W[h, g] when transposed) of every program head on src's
-        [n_r, n_c] corner, into dst at `at` -> (the buffer that holds y, its corner): (src, (0,
-        0)) without that mixing. With dots one [G, G] x [G, n_c] dot per tile row, else a loop
-        over each head's group."""
-        if name not in self.tiles.refs:
-            return src, (0, 0)
-        if self.dots:
-            first, heads = self.heads[0], len(self.heads)
-            w = self.tiles.refs[name][pl.ds(first, heads), pl.ds(first, heads)]
-
-            def row(r, carry):
-                x = src[:, r, pl.ds(0, n_c)]
-                dst[:, at[0] + r, pl.ds(at[1], n_c)] = dot_tn(w, x) if transposed else dot_nn(w, x)
-                return carry
-
-            lax.fori_loop(0, n_r, row, None)
-        else:
-
-            def one(t, h):
-                dst[(t, *_at(n_r, n_c, *at))] = self.mixed(name, t, src, n_r, n_c, transposed)
-
-            self.each(one)
-        barrier(self.lay)
-        return dst, at
-
     # --- forward quantities
 
     def logits(self, i0, j0, n_r: int, n_c: int):
@@ -127,35 +86,29 @@ class HeadLoop:
         self.each(one)
         barrier(self.lay)
 
-    def probs(self, i0, j0, n_r: int, n_c: int, into, at=(0, 0)):
-        """Mixes the logits in z into `into` at `at` -> p(t), program head t's [n_r, n_c]
-        exp(y - lse) where allowed."""
-        y_buf, y_at = self.mix_all("mix", self.z, into, n_r, n_c, at=at)
+    def probs(self, t, i0, j0, n_r: int, n_c: int):
+        """p = exp(y - lse) where allowed of program head t, from the logits in z: [n_r, n_c]."""
+        y = self.mixed("mix", t, self.z, n_r, n_c)
         keep = self.tiles.allowed(i0, j0, 0, 0, n_r, n_c)
-
-        def p(t):
-            lse = self.tiles.rows("lse", self.heads[0] + t, i0, 0, n_r)
-            return jnp.where(keep, jnp.exp(y_buf[(t, *_at(n_r, n_c, *y_at))] - lse[:, None]), 0.0)
-
-        return p
+        lse = self.tiles.rows("lse", self.heads[0] + t, i0, 0, n_r)
+        return jnp.where(keep, jnp.exp(y - lse[:, None]), 0.0)
 
     def stage_probs(self, i0, j0):
         """P of every program head staged above the tile in the window."""
 
         def write(r0, n_r, c0, n_c, at_r, at_c):
             self.logits(r0, c0, n_r, n_c)
-            p = self.probs(r0, c0, n_r, n_c, self.window, (at_r, at_c))
 
-            def one(t, h):  # in place where y was mixed into the window
-                self.window[(t, *_at(n_r, n_c, at_r, at_c))] = p(t)
+            def one(t, h):
+                self.window[(t, *_at(n_r, n_c, at_r, at_c))] = self.probs(t, r0, c0, n_r, n_c)
 
             self.each(one)
 
         stage(self.tiles, write, i0, j0, above=True)
 
     def post_weights(self, i0, j0):
-        """C = conv_post(P) of every program head into work -> A(t), program head t's
-        mask_0(mix_post(C)) [bq, bk]."""
+        """C = conv_post(P) of every program head into work; -> A of program head t (a
+        function of t): mask_0(mix_post(C)) [bq, bk]."""
         bq, bk = self.lay.block_q, self.lay.block_k
         self.stage_probs(i0, j0)
 
@@ -164,9 +117,8 @@ class HeadLoop:
 
         self.each(one)
         barrier(self.lay)
-        a_buf, _ = self.mix_all("mix_post", self.work, self.z, bq, bk)
         keep = self.tiles.allowed(i0, j0)
-        return lambda t: jnp.where(keep, a_buf[(t, *_at(bq, bk))], 0.0)
+        return lambda t: jnp.where(keep, self.mixed("mix_post", t, self.work, bq, bk), 0.0)
 
     # --- backward quantities
 
@@ -184,11 +136,15 @@ class HeadLoop:
             def d_a(t, h):
                 into[(t, *_at(n_r, n_c, *at))] = self.d_attention(h, r0, c0, n_r, n_c)
 
+            def d_c(t, h):
+                d_c = self.mixed("mix_post", t, self.work, n_r, n_c, transposed=True)
+                self.window[(t, *_at(n_r, n_c, at_r, at_c))] = d_c
+
             barrier(lay)  # earlier reads of work are done
             self.each(d_a)
             if mixing:
                 barrier(lay)
-                self.mix_all("mix_post", self.work, self.window, n_r, n_c, True, (at_r, at_c))
+                self.each(d_c)
 
         stage(self.tiles, write, i0, j0, above=False)
 
@@ -210,15 +166,14 @@ class HeadLoop:
         if lay.post:
             self.d_probs(i0, j0)
         d_y_buf = self.window if lay.post else self.work
-        p = self.probs(i0, j0, bq, bk, d_y_buf)
 
-        def d_y(t, h):  # in place where y was mixed into d_y_buf
-            p_t = p(t)
+        def d_y(t, h):
+            p = self.probs(t, i0, j0, bq, bk)
             d_p = self.work[(t, *_at(bq, bk))] if lay.post else self.d_attention(h, i0, j0)
-            d_y_buf[(t, *_at(bq, bk))] = p_t * (d_p - tiles.rows("delta", h, i0)[:, None])
+            d_y_buf[(t, *_at(bq, bk))] = p * (d_p - tiles.rows("delta", h, i0)[:, None])
             if dv_ref is not None:
                 d_out = tiles.rows("d_out", h, i0)
-                dv_ref[t, :, :] += dot_tn(p_t.astype(d_out.dtype), d_out)
+                dv_ref[t, :, :] += dot_tn(p.astype(d_out.dtype), d_out)
 
         self.each(d_y)
         barrier(lay)
@@ -227,7 +182,13 @@ class HeadLoop:
         if d_mix_ref is not None:
             self.mixing_grad("mix", d_y_buf, self.z, d_mix_ref)
             barrier(lay)  # z is read before it is overwritten
-        return self.mix_all("mix", d_y_buf, self.z, bq, bk, transposed=True)[0]
+
+        def d_z(t, h):  # dz_h = sum_g W[g, h] dy_g
+            self.z[(t, *_at(bq, bk))] = self.mixed("mix", t, d_y_buf, bq, bk, transposed=True)
+
+        self.each(d_z)
+        barrier(lay)
+        return self.z
 
     def mixing_grad(self, name: str, d_buf, x_buf, d_mix_ref):
         """Adds dW[g, h] = sum d_buf[g] x_buf[h] over the tile (y_g = sum_h W[g, h] x_h, d_buf
@@ -268,12 +229,11 @@ class HeadLoop:
         barrier(lay)  # the previous step's reads of work are done
         self.each(d_a)
         self.stage_probs(i0, j0)  # ends with a barrier: work is written
-        d_c_buf = self.work
-        if d_theta_ref is not None:
-            d_c_buf, _ = self.mix_all("mix_post", self.work, self.z, bq, bk, transposed=True)
 
-        def conv(t, h):  # C into z[t] after dC is read from it
-            d_c = None if d_theta_ref is None else d_c_buf[(t, *_at(bq, bk))]
+        def conv(t, h):
+            d_c = None
+            if d_theta_ref is not None:
+                d_c = self.mixed("mix_post", t, self.work, bq, bk, transposed=True)
             c, d_theta = conv_head(tiles, self.window, t, h, i0, d_c)
             self.z[(t, *_at(bq, bk))] = c
             if d_theta_ref is not None:
@@ -281,11 +241,10 @@ class HeadLoop:
 
         self.each(conv)
         barrier(lay)
-        a_buf, _ = self.mix_all("mix_post", self.z, self.window, bq, bk)
         keep = tiles.allowed(i0, j0)
 
         def dv(t, h):
-            a = jnp.where(keep, a_buf[(t, *_at(bq, bk))], 0.0)
+            a = jnp.where(keep, self.mixed("mix_post", t, self.z, bq, bk), 0.0)
             d_out = tiles.rows("d_out", h, i0)
             dv_ref[t, :, :] += dot_tn(a.astype(d_out.dtype), d_out)
 
@@ -308,9 +267,9 @@ class HeadLoop:
         bq, bk = self.lay.block_q, self.lay.block_k
         self.d_probs(i0, j0)
         self.logits(i0, j0, bq, bk)
-        p = self.probs(i0, j0, bq, bk, self.window)  # the window is free after d_probs
 
         def one(t, h):
-            delta_ref[t, :] += jnp.sum(p(t) * self.work[(t, *_at(bq, bk))], axis=1)
+            d_p = self.work[(t, *_at(bq, bk))]
+            delta_ref[t, :] += jnp.sum(self.probs(t, i0, j0, bq, bk) * d_p, axis=1)
 
         self.each(one)
