@@ -53,6 +53,8 @@ class HeadLoop:
         a loop of c_h < G steps compiled with 2-6x the register spills (by all signs unrolled,
         its loads then live at once; scripts/gpu_kernel_ir.py --cubin)."""
         size = self.lay.mixing if name == "mix" else self.lay.mixing_post
+        if size == len(self.heads):
+            return lax.fori_loop(0, size, fn, init)
         first = (t // size) * size
 
         def body(u, carry):
@@ -179,24 +181,40 @@ class HeadLoop:
         barrier(lay)
         if "mix" not in tiles.refs:
             return d_y_buf
-        if d_mix_ref is not None:
+        pairs = d_mix_ref is not None and not self.grad_dots(d_mix_ref)
+        if d_mix_ref is not None and not pairs:
             self.mixing_grad("mix", d_y_buf, self.z, d_mix_ref)
             barrier(lay)  # z is read before it is overwritten
+        mix, h0 = tiles.refs["mix"], self.heads[0]
 
-        def d_z(t, h):  # dz_h = sum_g W[g, h] dy_g
-            self.z[(t, *_at(bq, bk))] = self.mixed("mix", t, d_y_buf, bq, bk, transposed=True)
+        def d_z(t, h):  # dz_h = sum_g W[g, h] dy_g; z[t] is read before it is overwritten
+            z = self.z[(t, *_at(bq, bk))] if pairs else None
+
+            def term(u, acc):
+                d_y = d_y_buf[(u, *_at(bq, bk))]
+                if pairs:  # dW[g, h] with the tile of dy_g that dz_h reads anyway
+                    slots = lax.broadcasted_iota(jnp.int32, d_mix_ref.shape[-1:], 0)
+                    d_mix_ref[u, :] += jnp.where(slots == t, jnp.sum(d_y * z), 0.0)
+                return acc + mix[h0 + u, h] * d_y
+
+            zeros = jnp.zeros((bq, bk), jnp.float32)
+            self.z[(t, *_at(bq, bk))] = self.over_group("mix", t, term, zeros)
 
         self.each(d_z)
         barrier(lay)
         return self.z
 
+    def grad_dots(self, d_mix_ref) -> bool:
+        """A mixing's weight gradient as dots over the heads: 16 or more heads (Triton's dots
+        are 16 wide), as many as d_mix_ref's slots."""
+        return len(self.heads) >= 16 and len(self.heads) == d_mix_ref.shape[-1]
+
     def mixing_grad(self, name: str, d_buf, x_buf, d_mix_ref):
         """Adds dW[g, h] = sum d_buf[g] x_buf[h] over the tile (y_g = sum_h W[g, h] x_h, d_buf
-        the gradient w.r.t. y) to d_mix_ref [G, P'] at row g, slot h - heads[0]. A program of
-        16 or more heads takes dots of each row's [G, bk] tiles; fewer (Triton's dots are 16
-        wide) sum each pair of head g's group."""
+        the gradient w.r.t. y) to d_mix_ref [G, P'] at row g, slot h - heads[0]: with
+        grad_dots a [G, bk] x [bk, G] dot per tile row, else a sum per pair of head g's group."""
         bq, bk, heads = self.lay.block_q, self.lay.block_k, len(self.heads)
-        if heads >= 16 and heads == d_mix_ref.shape[-1]:
+        if self.grad_dots(d_mix_ref):
 
             def row(r, acc):
                 return acc + dot(d_buf[:, r, pl.ds(0, bk)], x_buf[:, r, pl.ds(0, bk)])
