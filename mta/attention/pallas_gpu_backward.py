@@ -143,12 +143,7 @@ def dq_kernel(tiles: Tiles, i0, heads, dqs_ref, *refs):
             return
         z = [tiles.logits(h, i0, j0) for h in heads]
         _, d_y = tiles.d_logits(heads, i0, j0, z, _d_probs(tiles, scratch, heads, i0, j0))
-        if lay.mixing:
-            slots = lax.broadcasted_iota(jnp.int32, d_mix_ref.shape[-1:], 0)
-            for t, d in enumerate(d_y):
-                terms = [jnp.where(slots == u, jnp.sum(d * z_u), 0.0) for u, z_u in enumerate(z)]
-                d_mix_ref[t, :] += sum(terms[1:], terms[0])
-        for t, (h, d_z) in enumerate(zip(heads, tiles.unmixed(heads, d_y), strict=True)):
+        for t, (h, d_z) in enumerate(zip(heads, d_y, strict=True)):  # no mixing: staged_heads
             _dq_taps(tiles, t, h, i0, j0, d_z, dqs_ref, d_theta_ref)
 
     lax.fori_loop(0, lay.key_block_end(i0), step, None)
@@ -227,7 +222,7 @@ def dkv_kernel(tiles: Tiles, j0, heads, dks_ref, last_ref):
             if dv_ref is not None:
                 d_out = tiles.rows("d_out", g, i0)
                 dv_ref[t, :, :] += dot_tn(p.astype(d_out.dtype), d_out)
-        for t, (h, d_z) in enumerate(zip(heads, tiles.unmixed(heads, d_y), strict=True)):
+        for t, (h, d_z) in enumerate(zip(heads, d_y, strict=True)):  # no mixing: staged_heads
             _dk_taps(tiles, t, h, i0, j0, d_z, dks_ref)
 
     lax.fori_loop(lay.query_block_start(j0), lay.num_qb, step, None)

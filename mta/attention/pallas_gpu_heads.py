@@ -1,7 +1,7 @@
-"""Programs of several heads in the Triton-shaped MTA kernels (Layout.staged_heads: a mixing
-joins more than one head into a program, all 16 in the release setting). Unrolled once per
-head, the post part and the mixings hold G tiles per quantity in registers: at 16 heads the
-backward kernels spilled 6.5 KB per thread and took 7-18 minutes each to compile
+"""Programs of several heads in the Triton-shaped MTA kernels (Layout.staged_heads: those with a
+head mixing, which joins its heads into one program, all 16 in the release setting). Unrolled
+once per head, the post part and the mixings hold G tiles per quantity in registers: at 16
+heads the backward kernels spilled 6.5 KB per thread and took 7-18 minutes each to compile
 (docs/benchmarks.md). Here every per-head quantity lives in the program's scratch and each step
 is a loop over the heads, so the kernel body holds one head's code and a tile or two at a time.
 

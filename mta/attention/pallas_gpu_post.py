@@ -2,8 +2,9 @@
 probabilities, A = mask_0(mix_post(conv_post(P))), their gradients, and the kernels that need
 them. The conv reads P (and the backward dC) from a window staged in memory
 (pallas_gpu_window.py). Row sums delta_i = sum_j P_ij dP_ij take a pass of their own
-(post_delta_kernel), since with a post part the output is no longer P v. Programs of many heads
-run each step as loops over their heads (pallas_gpu_heads.py).
+(post_delta_kernel), since with a post part the output is no longer P v. Programs of several
+heads or with a head mixing run each step as loops over their heads (pallas_gpu_heads.py); the
+functions here hold one head without mixing in registers.
 """
 
 import jax.numpy as jnp
@@ -25,7 +26,8 @@ def post_conv(tiles: Tiles, scratch, heads: list, i0, d_c=None):
 
 
 def weights(tiles: Tiles, scratch, heads: list, i0, j0):
-    """Stages P above the tile -> (C per head, A = mask_0(mix_post(C)) per head)."""
+    """Stages P above the tile -> (C per head, A = mask_0(C) per head): programs with a post
+    mixing take pallas_gpu_heads.HeadLoop."""
 
     def probs(r0, n_r, c0, n_c):
         return tiles.probs(heads, r0, c0, n_r, n_c)
@@ -33,14 +35,15 @@ def weights(tiles: Tiles, scratch, heads: list, i0, j0):
     stage(tiles, writer(scratch, probs), i0, j0, above=True)
     convs, _ = post_conv(tiles, scratch, heads, i0)
     keep = tiles.allowed(i0, j0)
-    return convs, [jnp.where(keep, a, 0.0) for a in tiles.mixed(heads, convs, "mix_post")]
+    return convs, [jnp.where(keep, c, 0.0) for c in convs]
 
 
 def d_probs(tiles: Tiles, scratch, heads: list, i0, j0) -> list:
-    """dP = conv_post^T(dC), dC = mix_post^T(mask(dO v^T)) staged below: [bq, bk] per head."""
+    """dP = conv_post^T(dC), dC = mask(dO v^T) staged below: [bq, bk] per head (no post
+    mixing, as in weights)."""
 
     def d_convs(r0, n_r, c0, n_c):
-        return tiles.unmixed(heads, tiles.d_attention(heads, r0, c0, n_r, n_c), "mix_post")
+        return tiles.d_attention(heads, r0, c0, n_r, n_c)
 
     stage(tiles, writer(scratch, d_convs), i0, j0, above=False)
     return [d_conv_head(tiles, scratch, t, g, i0) for t, g in enumerate(heads)]
@@ -109,8 +112,7 @@ def post_dv_kernel(tiles: Tiles, j0, heads, dv_ref, *refs):
         if lay.staged_heads:
             HeadLoop(tiles, heads, scratch).post_grads(i0, j0, dv_ref, d_theta_ref, d_mix_ref)
             return carry
-        d_a = tiles.d_attention(heads, i0, j0)
-        d_c = tiles.unmixed(heads, d_a, "mix_post")
+        d_c = tiles.d_attention(heads, i0, j0)  # = dA: no post mixing (staged_heads)
 
         def probs(r0, n_r, c0, n_c):
             return tiles.probs(heads, r0, c0, n_r, n_c)
@@ -118,18 +120,12 @@ def post_dv_kernel(tiles: Tiles, j0, heads, dv_ref, *refs):
         stage(tiles, writer(scratch, probs), i0, j0, above=True)
         convs, d_theta = post_conv(tiles, scratch, heads, i0, d_c if conv else None)
         keep = tiles.allowed(i0, j0)
-        a = [jnp.where(keep, x, 0.0) for x in tiles.mixed(heads, convs, "mix_post")]
+        a = [jnp.where(keep, c, 0.0) for c in convs]
         for t, h in enumerate(heads):
             d_out = tiles.rows("d_out", h, i0)
             dv_ref[t, :, :] += dot_tn(a[t].astype(d_out.dtype), d_out)
             if conv:
                 d_theta_ref[t, :] += d_theta[t]
-            if lay.mixing_post:  # dW'[h, g] = sum dA_h C_g
-                slots = lax.broadcasted_iota(jnp.int32, d_mix_ref.shape[-1:], 0)
-                terms = [
-                    jnp.where(slots == u, jnp.sum(d_a[t] * c), 0.0) for u, c in enumerate(convs)
-                ]
-                d_mix_ref[t, :] += sum(terms[1:], terms[0])
         return carry
 
     lax.fori_loop(lay.query_block_start(j0), lay.num_qb, step, None)

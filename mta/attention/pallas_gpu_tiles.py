@@ -63,9 +63,10 @@ class Layout:
 
     @property
     def staged_heads(self) -> bool:
-        """Programs of more than one head keep per-head tiles in scratch and loop over the
-        heads (pallas_gpu_heads.py) instead of unrolling each head's code."""
-        return self.group > 1
+        """Programs of more than one head, or with a head mixing, keep per-head tiles in
+        scratch and loop over the heads (pallas_gpu_heads.py) instead of unrolling each head's
+        code; the others, one head without mixing, keep them in registers."""
+        return self.group > 1 or bool(self.mixing or self.mixing_post)
 
     @property
     def r_pre(self) -> int:
@@ -297,7 +298,7 @@ class Tiles:
 
     def probs(self, heads: list, i0, j0, n_r=None, n_c=None) -> list:
         """Softmax probabilities from the row log-sum-exp, 0 where masked: [n_r, n_c] per head."""
-        y = self.mixed(heads, [self.logits(h, i0, j0, n_r, n_c) for h in heads])
+        y = [self.logits(h, i0, j0, n_r, n_c) for h in heads]  # no mixing: staged_heads
         keep = self.allowed(i0, j0, 0, 0, n_r, n_c)
         lse = [self.rows("lse", g, i0, 0, n_r)[:, None] for g in heads]
         return [jnp.where(keep, jnp.exp(y_g - m), 0.0) for y_g, m in zip(y, lse, strict=True)]
@@ -319,16 +320,9 @@ class Tiles:
         gradient w.r.t. the pre-softmax logits y, with dP the gradient w.r.t. p."""
         keep = self.allowed(i0, j0)
         probs, grads = [], []
-        for g, y, d_p in zip(heads, self.mixed(heads, z), d_probs, strict=True):
+        for g, y, d_p in zip(heads, z, d_probs, strict=True):  # no mixing: staged_heads
             lse, delta = self.rows("lse", g, i0), self.rows("delta", g, i0)
             p = jnp.where(keep, jnp.exp(y - lse[:, None]), 0.0)
             probs.append(p)
             grads.append(p * (d_p - delta[:, None]))
         return probs, grads
-
-    def unmixed(self, heads: list, d_y: list, name="mix") -> list:
-        """dz_h = sum_g W[g, h] dy_g: the gradient through the mixing (d_y without it)."""
-        if name not in self.refs:
-            return d_y
-        mix = self.refs[name]
-        return [sum(mix[g, h] * d for g, d in zip(heads, d_y, strict=True)) for h in heads]
