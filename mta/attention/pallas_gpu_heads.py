@@ -50,8 +50,8 @@ class HeadLoop:
     def over_group(self, name: str, t, fn, init):
         """fn(u, carry) over the program heads u in head t's group of mixing name (the dense W
         is 0 outside it) -> the final carry. A loop over all G heads that skips the others:
-        a loop of c_h < G steps compiled with 2-6x the register spills (by all signs unrolled,
-        its loads then live at once; scripts/gpu_kernel_ir.py --cubin)."""
+        a loop of c_h < G steps spilled 6-7x as much in delta, dq and dkv (by all signs
+        unrolled, its loads then live at once; scripts/gpu_kernel_ir.py --cubin)."""
         size = self.lay.mixing if name == "mix" else self.lay.mixing_post
         if size == len(self.heads):
             return lax.fori_loop(0, size, fn, init)
