@@ -21,7 +21,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.scipy.linalg import block_diag
 
-from mta.attention.pallas_gpu_grid import call, clear_sums, pad_time, scratch_spec
+from mta.attention.pallas_gpu_grid import call, pad_time, scratch_spec, zero_heads
 from mta.attention.pallas_gpu_heads import HeadLoop
 from mta.attention.pallas_gpu_post import d_probs, post_delta_kernel, post_dv_kernel
 from mta.attention.pallas_gpu_tiles import Layout, Tiles, dot_nn, dot_tn, pow2
@@ -131,7 +131,7 @@ def dq_kernel(tiles: Tiles, i0, heads, dqs_ref, *refs):
     for t in range(lay.group):
         for a in range(c_q):
             dqs_ref[t, a, :, :] = jnp.zeros((lay.block_q, lay.dim), jnp.float32)
-    clear_sums((d_theta_ref, d_mix_ref), lay.group)
+    zero_heads((d_theta_ref, d_mix_ref), lay.group)
 
     def step(kb, carry):
         j0 = kb * lay.block_k
@@ -203,9 +203,8 @@ def dkv_kernel(tiles: Tiles, j0, heads, dks_ref, last_ref):
     lay = tiles.lay
     c_k = lay.taps[1]
     scratch, dv_ref = (last_ref, None) if lay.post else (None, last_ref)
-    for t in range(lay.group):
-        if dv_ref is not None:
-            dv_ref[t, :, :] = jnp.zeros((lay.block_k, lay.dim), jnp.float32)
+    zero_heads((dv_ref,), lay.group)
+    for t in range(lay.group):  # per tap: a [c_k, bk, D] block is not a Triton shape
         for b in range(c_k):
             dks_ref[t, b, :, :] = jnp.zeros((lay.block_k, lay.dim), jnp.float32)
 

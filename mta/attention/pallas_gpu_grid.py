@@ -39,12 +39,13 @@ def padded_inputs(lay: Layout, q, k, v, weights: dict, segment_ids) -> dict:
     return out
 
 
-def clear_sums(refs, count: int):
-    """Zeroes rows 0 .. count - 1 of each per-program sum ref [G, P] (None: skipped)."""
+def zero_heads(refs, count: int):
+    """Zeroes ref[t] for t < count of each output ref [G, ...] a kernel adds to (None:
+    skipped)."""
     for ref in refs:
         if ref is not None:
             for t in range(count):
-                ref[t, :] = jnp.zeros(ref.shape[-1:], jnp.float32)
+                ref[t] = jnp.zeros(ref.shape[1:], ref.dtype)
 
 
 def pad_time(x, widths, value=0.0):

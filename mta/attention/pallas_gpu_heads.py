@@ -186,6 +186,7 @@ class HeadLoop:
             self.mixing_grad("mix", d_y_buf, self.z, d_mix_ref)
             barrier(lay)  # z is read before it is overwritten
         mix, h0 = tiles.refs["mix"], self.heads[0]
+        slots = lax.broadcasted_iota(jnp.int32, d_mix_ref.shape[-1:], 0) if pairs else None
 
         def d_z(t, h):  # dz_h = sum_g W[g, h] dy_g; z[t] is read before it is overwritten
             z = self.z[(t, *_at(bq, bk))] if pairs else None
@@ -193,7 +194,6 @@ class HeadLoop:
             def term(u, acc):
                 d_y = d_y_buf[(u, *_at(bq, bk))]
                 if pairs:  # dW[g, h] with the tile of dy_g that dz_h reads anyway
-                    slots = lax.broadcasted_iota(jnp.int32, d_mix_ref.shape[-1:], 0)
                     d_mix_ref[u, :] += jnp.where(slots == t, jnp.sum(d_y * z), 0.0)
                 return acc + mix[h0 + u, h] * d_y
 

@@ -10,7 +10,7 @@ functions here hold one head without mixing in registers.
 import jax.numpy as jnp
 from jax import lax
 
-from mta.attention.pallas_gpu_grid import clear_sums
+from mta.attention.pallas_gpu_grid import zero_heads
 from mta.attention.pallas_gpu_heads import HeadLoop
 from mta.attention.pallas_gpu_tiles import Tiles, dot_nn, dot_tn
 from mta.attention.pallas_gpu_window import conv_head, d_conv_head, stage, writer
@@ -56,7 +56,7 @@ def post_out_kernel(tiles: Tiles, i0, heads, o_ref, scratch):
     """out = A v over the key blocks of query block i0: o_ref [G, bq, D]."""
     lay = tiles.lay
     if lay.staged_heads:
-        _zero(o_ref, len(heads))
+        zero_heads((o_ref,), len(heads))
         loop = HeadLoop(tiles, heads, scratch)
         _over_key_blocks(lay, i0, lambda j0: loop.out(i0, j0, o_ref))
         return
@@ -78,7 +78,7 @@ def post_delta_kernel(tiles: Tiles, i0, heads, delta_ref, scratch):
     """delta_i = sum_j P_ij dP_ij of query block i0: delta_ref [G, bq]."""
     lay = tiles.lay
     if lay.staged_heads:
-        _zero(delta_ref, len(heads))
+        zero_heads((delta_ref,), len(heads))
         loop = HeadLoop(tiles, heads, scratch)
         _over_key_blocks(lay, i0, lambda j0: loop.delta(i0, j0, delta_ref))
         return
@@ -104,8 +104,7 @@ def post_dv_kernel(tiles: Tiles, j0, heads, dv_ref, *refs):
     conv = lay.post_taps != (1, 1)
     d_theta_ref = refs[0] if conv else None
     d_mix_ref = refs[-2] if lay.mixing_post else None
-    _zero(dv_ref, len(heads))
-    clear_sums((d_theta_ref, d_mix_ref), len(heads))
+    zero_heads((dv_ref, d_theta_ref, d_mix_ref), len(heads))
 
     def step(qb, carry):
         i0 = qb * lay.block_q
@@ -129,12 +128,6 @@ def post_dv_kernel(tiles: Tiles, j0, heads, dv_ref, *refs):
         return carry
 
     lax.fori_loop(lay.query_block_start(j0), lay.num_qb, step, None)
-
-
-def _zero(ref, count: int):
-    """Zeroes ref[t] for t < count (outputs the staged steps add to)."""
-    for t in range(count):
-        ref[t] = jnp.zeros(ref.shape[1:], ref.dtype)
 
 
 def _over_key_blocks(lay, i0, step):
